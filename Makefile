@@ -1,0 +1,36 @@
+# rnnexp: `make run` and `make test` each set everything up on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RNNEXP := $(BIN)/rnnexp
+# The CPU build this machine's package index serves; an unpinned torch pulls a multi-GB CUDA build.
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run train test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# The main job: the shipped default config.
+run: setup
+	$(RNNEXP) train --config configs/default.yaml
+
+# One model; pick the config with CONFIG=..., add overrides with ARGS="train.lr=3e-4".
+CONFIG ?= configs/default.yaml
+ARGS ?=
+train: setup
+	$(RNNEXP) train --config $(CONFIG) $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info rnnexp.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

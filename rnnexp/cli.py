@@ -1,0 +1,142 @@
+"""The command line: parse options, load the config, call one experiment, render the result.
+
+The only module that imports typer or rich and the only one that prints. torch is
+imported inside the commands, so ``rnnexp --help`` answers at once.
+"""
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import DEVICES, UserError, load_config
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Experiments with recurrent networks: train, compare, scan gradients.")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_USER = 2
+EXIT_FAILED = 1
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+_received: list[int] = []
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (defaults if omitted).")]
+Overrides = Annotated[Optional[list[str]], typer.Argument(
+    help="Dotted overrides applied after the file, the last one winning: train.lr=3e-4 model.hidden_size=64",
+    show_default=False)]
+RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where run folders are made.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help=f"One of {', '.join(DEVICES)}; overrides the config.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")]
+
+
+@app.callback()
+def _root() -> None:
+    """Experiments with recurrent networks: train, compare, scan gradients."""
+
+
+def _on_sigterm(signum, frame):
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn UserErrors into one line on stderr and exit code 2; other errors too, unless --debug."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        debug = kwargs.get("debug", False)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            if debug:
+                raise
+            err.print(f"error: {e}", markup=False)
+            raise typer.Exit(EXIT_USER) from None
+        except KeyboardInterrupt:
+            err.print("interrupted", markup=False)
+            raise typer.Exit(EXIT_SIGNAL[_received[-1] if _received else signal.SIGINT]) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as e:
+            if debug:
+                raise
+            err.print(f"internal error: {e.__class__.__name__}: {e} (run again with --debug for the traceback)",
+                      markup=False)
+            raise typer.Exit(EXIT_FAILED) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def _with_device(overrides: list[str] | None, device: str | None) -> list[str]:
+    return list(overrides or []) + ([f"device={device}"] if device is not None else [])
+
+
+@app.command()
+@user_errors
+def train(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsDirOpt = Path("runs"),
+          device: DeviceOpt = None, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """Train one model; writes a new run folder and prints its path last."""
+    cfg = load_config(config, _with_device(overrides, device))
+    from .experiments import run_train
+
+    result = run_train(cfg, runs_dir, sys.argv, show_progress=not quiet)
+    s = result.summary
+    table = Table(title=f"{cfg.name} ({result.status})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key in ("model", "num_layers", "hidden_size", "target", "num_params", "steps"):
+        table.add_row(key, str(s[key]))
+    for key in ("final_train_loss", "eval_mse"):
+        table.add_row(key, _fmt(s[key]))
+    table.add_row("steps_per_s", _fmt(s["steps_per_s"], ".0f"))
+    table.add_row("wall_s", _fmt(s["wall_s"], ".1f"))
+    out.print(table)
+    _finish(result.status, result.message, result.run_dir)
+
+
+def _finish(status: str, message: str, run_dir: Path) -> None:
+    """Report how a run ended, print its folder last, and exit with the matching code."""
+    if status == "diverged":
+        err.print(f"diverged: {message}; try a lower train.lr or set train.clip_grad_norm", markup=False)
+    elif status == "interrupted":
+        err.print(f"interrupted: {message}; results so far are in {run_dir}", markup=False)
+    out.print(str(run_dir), markup=False)
+    if status == "interrupted":
+        raise typer.Exit(EXIT_SIGNAL[_received[-1] if _received else signal.SIGINT])
+    if status != "completed":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _fmt(value, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main() -> None:
+    """Entry point: click's usage errors become one line too."""
+    try:
+        code = app(standalone_mode=False)
+    except ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `rnnexp`: the help, not an error
+            out.print(e.format_message(), markup=False)
+            sys.exit(0)
+        err.print(f"error: {e.format_message()} (see --help)", markup=False)
+        code = e.exit_code
+    except typer.Abort:
+        code = EXIT_SIGNAL[signal.SIGINT]
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,253 @@
+"""The typed config: sections, defaults, the YAML loader, overrides and validation.
+
+No torch here: the CLI validates a config (and answers ``--help``) without loading torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Names users write in YAML; models.MODEL_REGISTRY and data.TASKS are keyed by the same
+# names (a test says so), so a bad name is caught here, before torch is even imported.
+MODEL_TYPES = ("rnn", "lstm")
+NONLINEARITIES = ("tanh", "relu", "identity")
+TASKS = ("running_mean",)
+TARGETS = ("all", "last")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class UserError(Exception):
+    """A mistake the user can fix, worded for one line of output (exit code 2, no traceback)."""
+
+
+class ConfigError(UserError):
+    """A user mistake in a config file or override."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    type: str = field(default="rnn", metadata={"choices": MODEL_TYPES, "help": "registry name of the recurrent net"})
+    num_layers: int = field(default=1, metadata={"min": 1, "help": "stacked recurrent layers"})
+    hidden_size: int = field(default=32, metadata={"min": 1, "help": "hidden state size of every layer"})
+    nonlinearity: str = field(default="tanh", metadata={"choices": NONLINEARITIES,
+                                                         "help": "RNN activation (ignored by lstm)"})
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = field(default="running_mean", metadata={"choices": TASKS, "help": "synthetic task"})
+    seq_len: int = field(default=10, metadata={"min": 1, "help": "timesteps per sequence"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    target: str = field(default="all", metadata={"choices": TARGETS,
+                                                 "help": "loss on every timestep (all) or the last one (last)"})
+    lr: float = field(default=1e-4, metadata={"min_exclusive": 0.0, "help": "Adam learning rate"})
+    batch_size: int = field(default=32, metadata={"min": 1, "help": "sequences per training batch"})
+    num_batches: int = field(default=5000, metadata={"min": 1, "help": "optimizer steps"})
+    clip_grad_norm: float | None = field(default=None, metadata={"min_exclusive": 0.0,
+                                                                 "help": "clip the global gradient norm (null: off)"})
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_sequences: int = field(default=1000, metadata={"min": 1, "help": "held-out sequences for eval_mse"})
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = field(default="run", metadata={"pattern": r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+                                               "pattern_help": "1-64 letters, digits, '.', '_' or '-'",
+                                               "help": "run name, the suffix of the run folder"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "the one seed every random draw derives from"})
+    device: str = field(default="auto", metadata={"choices": DEVICES, "help": "auto picks cuda when present"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _describe(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+
+
+def _coerce(f: dataclasses.Field, hint: Any, value: Any, where: str) -> Any:
+    """Check one leaf value against its field; returns it as the type it is declared as."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where} = null: a value is required ({_allowed(f, base)})")
+    bad = ConfigError(f"{where} = {_describe(value)}: {_allowed(f, base)}")
+    if base is str:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} = {_describe(value)}: {_allowed(f, base)} "
+                              "(YAML reads unquoted yes/no/on/off as booleans: quote the value)")
+        if not isinstance(value, str):
+            raise bad
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise bad
+        if "pattern" in f.metadata and not re.fullmatch(f.metadata["pattern"], value):
+            raise bad
+        return value
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, str):
+        try:  # PyYAML reads 1e-4 (no dot) as a string; such values are the numbers they mean.
+            value = float(value.strip())
+        except ValueError:
+            raise bad from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise bad
+    if base is int:
+        if float(value) != int(value):
+            raise bad
+        value = int(value)
+    else:
+        value = float(value)
+    if "min" in f.metadata and value < f.metadata["min"]:
+        raise bad
+    if "min_exclusive" in f.metadata and value <= f.metadata["min_exclusive"]:
+        raise bad
+    return value
+
+
+def _allowed(f: dataclasses.Field, base: type) -> str:
+    if "choices" in f.metadata:
+        return "expected one of " + ", ".join(f.metadata["choices"])
+    if "pattern" in f.metadata:
+        return "expected " + f.metadata["pattern_help"]
+    kind = {int: "an integer", float: "a number", str: "a string"}[base]
+    if "min" in f.metadata:
+        return f"expected {kind} >= {f.metadata['min']}"
+    if "min_exclusive" in f.metadata:
+        return f"expected {kind} > {f.metadata['min_exclusive']:g}" + (" or null" if f.default is None else "")
+    return f"expected {kind}"
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """A ``cls`` from a plain dict, checking every key and value."""
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} = {_describe(raw)}: expected a mapping of keys")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{prefix}{key}: unknown key{hint}; known keys here: {', '.join(fields)}")
+        f = fields[key]
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(f, hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lr=3e-4`` -> (["train", "lr"], 0.0003); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=3e-4")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """A copy of ``raw`` with dotted ``key=value`` overrides applied in order (the last one wins)."""
+    merged = _deep_copy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def _deep_copy(raw: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def read_yaml(path: Path) -> dict:
+    """The mapping in a YAML file; every failure is a one-line ConfigError naming the file."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.__class__.__name__}: {e})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{at}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top, found {type(raw).__name__}")
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "config", cls: type = Config) -> Any:
+    """Validate a plain dict into a typed config; errors are prefixed with ``source``."""
+    try:
+        return _build(cls, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_config(path: Path | None, overrides: list[str] = (), cls: type = Config) -> Any:
+    """Read, override and validate a config. ``path`` None means the defaults."""
+    raw = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+    try:
+        raw = apply_overrides(raw, list(overrides))
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return config_from_dict(raw, source + (" (with overrides)" if overrides else ""), cls)
+
+
+def config_to_dict(config: Any) -> dict:
+    """The config as plain Python values (for config.yaml and checkpoints)."""
+    return dataclasses.asdict(config)
+
+
+def config_to_yaml(config: Any) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def describe_fields(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every leaf key, for the README and ``--help``."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += describe_fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, _describe(f.default), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,181 @@
+"""Experiments: seed, build, train, evaluate, and hand the results to plots and runs."""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from . import __version__, data, models, plots, runs
+from .config import Config, UserError, config_to_dict, config_to_yaml
+from .train import History, evaluate, make_optimizer, train
+
+NUM_PLOTTED = 4  # held-out sequences drawn in predictions.png, as in the notebook
+FINAL_LOSS_WINDOW = 100  # final_train_loss is the mean of this many last batches
+FLUSH_EVERY = 500  # steps between writes of metrics.csv during training
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    status: str  # completed | diverged | interrupted | failed
+    summary: dict[str, Any]
+    message: str = ""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; ``cuda`` without a GPU is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device = 'cuda': no CUDA GPU is available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def new_meta(config: Config, device: torch.device, argv: list[str]) -> dict[str, Any]:
+    return {
+        "status": "running", "started": _now(), "ended": None, "wall_s": None, "seed": config.seed,
+        "command": argv, "device": str(device), "rnnexp": __version__, "torch": torch.__version__,
+        "python": platform.python_version(), "git_commit": _git_commit(),
+    }
+
+
+class Progress:
+    """A tqdm bar on a terminal; plain lines (about ten per run) when stderr is piped; nothing when quiet."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self.recent: list[float] = []
+        self.bar = None
+        self.every = max(1, total // 10)
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def update(self, step: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        self.recent = (self.recent + [loss])[-FINAL_LOSS_WINDOW:]
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 50 == 0:
+                self.bar.set_postfix(loss=f"{np.mean(self.recent):.4g}", refresh=False)
+        elif (step + 1) % self.every == 0 or step + 1 == self.total:
+            sys.stderr.write(f"{self.desc}: step {step + 1}/{self.total} loss {np.mean(self.recent):.4g}\n")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def batch_stream(config: Config, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches: one stream per config seed, the same for every model."""
+    generator = data.make_generator(config.seed, "train")
+    while True:
+        x, y = data.sample_batch(config.task.name, generator, config.train.batch_size, config.task.seq_len)
+        yield x.to(device), y.to(device)
+
+
+def eval_set(config: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out sequences (on the CPU): their own seed, the same for every model."""
+    generator = data.make_generator(config.seed, "eval")
+    return data.sample_batch(config.task.name, generator, config.eval.num_sequences, config.task.seq_len)
+
+
+def build_seeded_model(config: Config, label: str) -> models.RecurrentRegressionModel:
+    """The model for ``config``; its initial weights depend only on the seed and ``label``."""
+    _, input_size, output_dim = data.TASKS[config.task.name]
+    torch.manual_seed(data.derive_seed(config.seed, "init", label))
+    m = config.model
+    return models.build_model(m.type, input_size, m.hidden_size, m.num_layers, m.nonlinearity, output_dim)
+
+
+def train_into(run_dir: Path, config: Config, device: torch.device, argv: list[str],
+               show_progress: bool = True, desc: str | None = None) -> TrainResult:
+    """Train ``config`` and write a complete run into the existing folder ``run_dir``."""
+    meta = new_meta(config, device, argv)
+    runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
+    runs.write_json(run_dir / runs.META, meta)
+    model = build_seeded_model(config, config.name).to(device)
+    optimizer = make_optimizer(model, config.train.lr)
+    history = History()
+    progress = Progress(config.train.num_batches, desc or config.name, show_progress)
+
+    def on_step(step: int, loss: float) -> None:
+        progress.update(step, loss)
+        if (step + 1) % FLUSH_EVERY == 0:
+            _write_metrics(run_dir, history.losses)
+
+    start = time.perf_counter()
+    try:
+        train(model, optimizer, batch_stream(config, device), config.train.num_batches, config.train.target,
+              config.train.clip_grad_norm, on_step, history=history)
+    except KeyboardInterrupt:
+        history.status, history.message = "interrupted", f"interrupted at step {len(history.losses)}"
+    finally:
+        progress.close()
+    train_s = time.perf_counter() - start
+    return _finish(run_dir, config, model, history, meta, train_s)
+
+
+def _write_metrics(run_dir: Path, losses: list[float]) -> None:
+    runs.write_csv(run_dir / runs.METRICS, ["step", "loss"], enumerate(losses))
+
+
+def _finish(run_dir: Path, config: Config, model: torch.nn.Module, history: History, meta: dict,
+            train_s: float) -> TrainResult:
+    """Evaluate, plot and write every result file; the run's status goes in last."""
+    losses = history.losses
+    _write_metrics(run_dir, losses)
+    device = next(model.parameters()).device
+    x, y = eval_set(config)
+    eval_mse, preds = evaluate(model, x.to(device), y.to(device), config.train.target)
+    preds = preds.cpu()
+    summary = {
+        "name": config.name, "status": history.status, "model": config.model.type,
+        "num_layers": config.model.num_layers, "hidden_size": config.model.hidden_size,
+        "target": config.train.target, "steps": len(losses),
+        "final_train_loss": float(np.mean(losses[-FINAL_LOSS_WINDOW:])) if losses else None,
+        "eval_mse": eval_mse, "num_params": models.num_params(model),
+        "steps_per_s": len(losses) / train_s if train_s > 0 else None, "wall_s": train_s,
+    }
+    title = f"{config.name}: {config.model.type}, {config.model.num_layers} layer(s), target {config.train.target}"
+    runs.write_figure(run_dir / runs.LOSS_PLOT, plots.loss_figure({config.name: np.array(losses)}, title))
+    runs.write_figure(run_dir / runs.PREDICTIONS_PLOT, plots.predictions_figure(
+        x[:NUM_PLOTTED, :, 0].numpy(), y[:NUM_PLOTTED, :, 0].numpy(),
+        {config.name: preds[:NUM_PLOTTED, :, 0].numpy()}, config.train.target, title))
+    runs.write_torch(run_dir / runs.CHECKPOINT, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                                                 "config": config_to_dict(config)})
+    runs.write_json(run_dir / runs.SUMMARY, summary)
+    meta.update(status=history.status, ended=_now(), wall_s=round(train_s, 3), message=history.message)
+    runs.write_json(run_dir / runs.META, meta)
+    return TrainResult(run_dir, history.status, summary, history.message)
+
+
+def run_train(config: Config, runs_dir: Path, argv: list[str], show_progress: bool = True) -> TrainResult:
+    """``rnnexp train``: one model into a new run folder."""
+    device = resolve_device(config.device)
+    run_dir = runs.create_run_dir(runs_dir, config.name)
+    return train_into(run_dir, config, device, argv, show_progress)

@@ -1,0 +1,114 @@
+"""The one place that makes run folders and writes files into them.
+
+Every file is written to a temporary name in the same folder and then renamed, so a
+crash or ``kill -9`` leaves either the old complete file or the new complete file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import UserError
+
+# The run-folder layout, defined once.
+CONFIG = "config.yaml"
+META = "meta.json"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+CHECKPOINT = "model.pt"
+LOSS_PLOT = "loss.png"
+PREDICTIONS_PLOT = "predictions.png"
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def check_runs_dir(runs_dir: Path) -> None:
+    """Raise a UserError if run folders cannot be made under ``runs_dir`` (nothing is created)."""
+    probe = Path(runs_dir)
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"--runs-dir {runs_dir}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--runs-dir {runs_dir}: {probe} is not writable")
+
+
+def create_run_dir(runs_dir: Path, name: str, now: datetime | None = None) -> Path:
+    """A new, empty ``<runs_dir>/<YYYY-MM-DD_HH-MM-SS>_<name>[-N]``; never reuses an existing folder."""
+    check_runs_dir(runs_dir)
+    runs_dir = Path(runs_dir)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--runs-dir {runs_dir}: cannot create it ({e.strerror})") from None
+    stem = f"{(now or datetime.now()).strftime('%Y-%m-%d_%H-%M-%S')}_{name}"
+    for n in range(1, 10_000):
+        path = runs_dir / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            path.mkdir()  # atomic: of many processes racing for one name, exactly one wins
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"--runs-dir {runs_dir}: too many runs named {stem}")
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files are as readable as any other
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
+
+
+def write_csv(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> Path:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
+def write_figure(path: Path, figure) -> Path:
+    """Save a matplotlib Figure as PNG, atomically."""
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=110)
+    return write_bytes(path, buf.getvalue())
+
+
+def write_torch(path: Path, obj: Any) -> Path:
+    import torch  # only runs that save tensors pay for the import
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_bytes(path, buf.getvalue())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())

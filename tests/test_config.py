@@ -1,0 +1,96 @@
+"""The config: every shipped file loads, defaults, overrides, and one-line errors."""
+from pathlib import Path
+
+import pytest
+
+from rnnexp.config import Config, ConfigError, load_config, describe_fields
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    names = {p.stem for p in SHIPPED}
+    assert {"default", "rnn_1_layer", "rnn_2_layer", "lstm_1_layer", "lstm_2_layer"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.name == path.stem or path.stem == "default"
+
+
+def test_notebook_models_in_shipped_configs():
+    for kind in ("rnn", "lstm"):
+        for layers in (1, 2):
+            cfg = load_config(ROOT / "configs" / f"{kind}_{layers}_layer.yaml")
+            assert (cfg.model.type, cfg.model.num_layers, cfg.model.hidden_size) == (kind, layers, 32)
+            assert (cfg.train.lr, cfg.train.num_batches, cfg.train.batch_size, cfg.task.seq_len) == (1e-4, 5000, 32, 10)
+
+
+def test_default_config_file_lists_the_defaults():
+    assert load_config(ROOT / "configs" / "default.yaml") == Config(name="default", model=Config().model.__class__(type="lstm"))
+
+
+def test_overrides_last_one_wins_and_strings_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-4\n")  # PyYAML reads 1e-4 as the string '1e-4'
+    assert load_config(path).train.lr == 1e-4
+    cfg = load_config(path, ["train.lr=3e-4", "model.hidden_size=64", "seed=3", "train.lr=5e-4"])
+    assert (cfg.train.lr, cfg.model.hidden_size, cfg.seed) == (5e-4, 64, 3)
+    assert load_config(path, ["train.clip_grad_norm=1"]).train.clip_grad_norm == 1.0
+
+
+BAD = [
+    # (file text, overrides, message)
+    ("model:\n  hidden_size: 0\n", [], "c.yaml: model.hidden_size = 0: expected an integer >= 1"),
+    ("model:\n  hidden_size: abc\n", [], "c.yaml: model.hidden_size = 'abc': expected an integer >= 1"),
+    ("model:\n  num_layers: 1.5\n", [], "c.yaml: model.num_layers = 1.5: expected an integer >= 1"),
+    ("train:\n  batch_size: [1, 2]\n", [], "c.yaml: train.batch_size = [1, 2]: expected an integer >= 1"),
+    ("train:\n  lr: -1\n", [], "c.yaml: train.lr = -1: expected a number > 0"),
+    ("train:\n  lr: 0\n", [], "c.yaml: train.lr = 0: expected a number > 0"),
+    ("train:\n  clip_grad_norm: 0\n", [], "c.yaml: train.clip_grad_norm = 0: expected a number > 0 or null"),
+    ("train:\n  num_batches: 0\n", [], "c.yaml: train.num_batches = 0: expected an integer >= 1"),
+    ("task:\n  seq_len: 0\n", [], "c.yaml: task.seq_len = 0: expected an integer >= 1"),
+    ("model:\n  type: gru\n", [], "c.yaml: model.type = 'gru': expected one of rnn, lstm"),
+    ("model:\n  nonlinearity: sigmoid\n", [], "c.yaml: model.nonlinearity = 'sigmoid': expected one of tanh, relu, identity"),
+    ("task:\n  name: copy\n", [], "c.yaml: task.name = 'copy': expected one of running_mean"),
+    ("train:\n  target: first\n", [], "c.yaml: train.target = 'first': expected one of all, last"),
+    ("name: off\n", [], "c.yaml: name = false: expected 1-64 letters, digits, '.', '_' or '-' (YAML reads unquoted"),
+    ("name: a/b\n", [], "c.yaml: name = 'a/b': expected 1-64 letters"),
+    ("model:\n  hiden_size: 3\n", [], "c.yaml: model.hiden_size: unknown key (did you mean 'model.hidden_size'?)"),
+    ("modle:\n  type: rnn\n", [], "c.yaml: modle: unknown key (did you mean 'model'?)"),
+    ("model: 3\n", [], "c.yaml: model = 3: expected a mapping of keys"),
+    ("- 1\n- 2\n", [], "c.yaml: expected a mapping of keys at the top, found list"),
+    ("model:\n  type: [rnn\n", [], "c.yaml: YAML syntax error at line 3, column 1"),
+    ("", ["train.lr"], "c.yaml: override 'train.lr': expected key=value"),
+    ("", ["=3"], "c.yaml: override '=3': expected key=value"),
+    ("", ["nosuch.key=1"], "c.yaml (with overrides): nosuch: unknown key"),
+    ("", ["train.lr=fast"], "c.yaml (with overrides): train.lr = 'fast': expected a number > 0"),
+    ("", ["seed=-1"], "c.yaml (with overrides): seed = -1: expected an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("text,overrides,message", BAD, ids=[m.split(": ", 1)[1][:40] for _, _, m in BAD])
+def test_bad_config_one_line_error(tmp_path, text, overrides, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    assert str(info.value).startswith(str(tmp_path / message.split(":", 1)[0]) + ":" + message.split(":", 1)[1])
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"is a folder, not a config file"):
+        load_config(tmp_path)
+
+
+def test_every_key_documented():
+    readme = (ROOT / "README.md").read_text()
+    for key, default, help_text in describe_fields():
+        assert help_text, key
+        assert f"`{key}`" in readme, f"README's config reference lacks {key}"

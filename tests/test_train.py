@@ -1,0 +1,78 @@
+"""Task, loss, training loop and reproducibility."""
+import dataclasses
+
+import torch
+
+from rnnexp import data, experiments
+from rnnexp.config import Config, load_config
+from rnnexp.train import evaluate, loss_fn, make_optimizer, train
+
+
+def test_running_mean_targets():
+    x, y = data.running_mean(torch.Generator().manual_seed(0), 3, 5)
+    assert x.shape == y.shape == (3, 5, 1)
+    for t in range(5):
+        torch.testing.assert_close(y[:, t], x[:, : t + 1].mean(dim=1))
+
+
+def test_generators_are_seeded_per_purpose():
+    a = data.running_mean(data.make_generator(0, "train"), 2, 4)[0]
+    b = data.running_mean(data.make_generator(0, "train"), 2, 4)[0]
+    c = data.running_mean(data.make_generator(0, "eval"), 2, 4)[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert data.derive_seed(0, "init", "a") == data.derive_seed(0, "init", "a") != data.derive_seed(1, "init", "a")
+
+
+def test_loss_all_and_last():
+    pred = torch.tensor([[[1.0], [2.0]], [[3.0], [4.0]]])
+    y = torch.zeros_like(pred)
+    assert loss_fn(pred, y, "all").item() == (1 + 4 + 9 + 16) / 4
+    assert loss_fn(pred, y, "last").item() == (4 + 16) / 2
+
+
+def _small(**train):
+    cfg = Config()
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden_size=8),
+                               train=dataclasses.replace(cfg.train, num_batches=20, **train))
+
+
+def _run(cfg):
+    model = experiments.build_seeded_model(cfg, cfg.name)
+    history = train(model, make_optimizer(model, cfg.train.lr), experiments.batch_stream(cfg, torch.device("cpu")),
+                    cfg.train.num_batches, cfg.train.target, cfg.train.clip_grad_norm)
+    return model, history
+
+
+def test_one_step_changes_every_parameter():
+    cfg = dataclasses.replace(_small(), model=dataclasses.replace(_small().model, type="lstm", num_layers=2))
+    model = experiments.build_seeded_model(cfg, "x")
+    before = [p.detach().clone() for p in model.parameters()]
+    train(model, make_optimizer(model, 1e-3), experiments.batch_stream(cfg, torch.device("cpu")), 1)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_same_seed_same_losses_bit_for_bit():
+    for target in ("all", "last"):
+        cfg = _small(target=target, clip_grad_norm=1.0)
+        _, h1 = _run(cfg)
+        _, h2 = _run(cfg)
+        assert h1.losses == h2.losses and len(h1.losses) == 20
+    _, other = _run(dataclasses.replace(_small(), seed=1))
+    assert other.losses != h1.losses
+
+
+def test_divergence_stops_with_status():
+    cfg = _small(lr=1e30)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, nonlinearity="identity"),
+                              task=dataclasses.replace(cfg.task, seq_len=50))
+    _, history = _run(cfg)
+    assert history.status == "diverged" and "at step" in history.message
+    assert len(history.losses) < cfg.train.num_batches
+
+
+def test_training_learns_the_task():
+    cfg = load_config(None, ["model.type=lstm", "train.lr=1e-2", "train.num_batches=300", "model.hidden_size=16"])
+    model, history = _run(cfg)
+    x, y = experiments.eval_set(cfg)
+    mse, _ = evaluate(model, x, y, "all")
+    assert history.losses[0] > 0.1 and mse < 0.02
