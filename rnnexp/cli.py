@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import DEVICES, UserError, load_config
+from .config import DEVICES, CompareConfig, UserError, load_config
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException
@@ -24,7 +24,8 @@ except ImportError:  # pragma: no cover
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Experiments with recurrent networks: train, compare, scan gradients.")
-out = Console(highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns: tables stay whole for logs and scripts.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_USER = 2
@@ -110,12 +111,43 @@ def train(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsD
     _finish(result.status, result.message, result.run_dir)
 
 
+@app.command()
+@user_errors
+def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsDirOpt = Path("runs"),
+            device: DeviceOpt = None, jobs: Annotated[Optional[int], typer.Option(
+                "--jobs", "-j", min=1, help="Trainings run at once (default: the number of cores).")] = None,
+            quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """Train several models side by side, in every target mode; one run folder with a sub-folder each."""
+    cfg = load_config(config, _with_device(overrides, device), cls=CompareConfig)
+    from .compare import run_compare
+
+    result = run_compare(cfg, runs_dir, sys.argv, jobs, show_progress=not quiet)
+    table = Table(title=f"{cfg.name}: {len(result.rows)} trainings ({result.status})")
+    for col in ("label", "target", "num_params", "final_train_loss", "eval_mse", "steps_per_s", "wall_s", "status"):
+        table.add_column(col, justify="left" if col in ("label", "target", "status") else "right")
+    for target in cfg.targets:
+        rows = [r for r in result.rows if r["target"] == target]
+        scored = [r["eval_mse"] for r in rows if r["eval_mse"] is not None]
+        best = min(scored) if scored else None
+        for r in rows:
+            mark = " *" if r["eval_mse"] is not None and r["eval_mse"] == best else ""
+            table.add_row(r["label"], target, _fmt(r["num_params"], "d"), _fmt(r["final_train_loss"]),
+                          _fmt(r["eval_mse"]) + mark, _fmt(r["steps_per_s"], ".0f"), _fmt(r["wall_s"], ".1f"),
+                          r["status"], style="bold" if mark else None)
+    out.print(table)
+    out.print("* best eval MSE per target", markup=False)
+    for r in result.rows:
+        if r["status"] not in ("completed", "interrupted"):
+            err.print(f"{r['label']} ({r['target']}) {r['status']}: {r['message']}", markup=False)
+    _finish(result.status, "", result.run_dir)
+
+
 def _finish(status: str, message: str, run_dir: Path) -> None:
     """Report how a run ended, print its folder last, and exit with the matching code."""
     if status == "diverged":
         err.print(f"diverged: {message}; try a lower train.lr or set train.clip_grad_norm", markup=False)
     elif status == "interrupted":
-        err.print(f"interrupted: {message}; results so far are in {run_dir}", markup=False)
+        err.print(f"interrupted{': ' + message if message else ''}; results so far are in {run_dir}", markup=False)
     out.print(str(run_dir), markup=False)
     if status == "interrupted":
         raise typer.Exit(EXIT_SIGNAL[_received[-1] if _received else signal.SIGINT])

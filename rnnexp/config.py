@@ -49,14 +49,19 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    target: str = field(default="all", metadata={"choices": TARGETS,
-                                                 "help": "loss on every timestep (all) or the last one (last)"})
+class TrainSettings:
+    """The training keys a comparison shares across all its models and target modes."""
     lr: float = field(default=1e-4, metadata={"min_exclusive": 0.0, "help": "Adam learning rate"})
     batch_size: int = field(default=32, metadata={"min": 1, "help": "sequences per training batch"})
     num_batches: int = field(default=5000, metadata={"min": 1, "help": "optimizer steps"})
     clip_grad_norm: float | None = field(default=None, metadata={"min_exclusive": 0.0,
                                                                  "help": "clip the global gradient norm (null: off)"})
+
+
+@dataclass(frozen=True)
+class TrainConfig(TrainSettings):
+    target: str = field(default="all", metadata={"choices": TARGETS,
+                                                 "help": "loss on every timestep (all) or the last one (last)"})
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,45 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+LABEL = {"pattern": r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "pattern_help": "1-64 letters, digits, '.', '_' or '-'"}
+
+
+@dataclass(frozen=True)
+class ModelEntry(ModelConfig):
+    """One model of a comparison: a label plus the model keys it sets."""
+    label: str | None = field(default=None, metadata={**LABEL, "help": "name of the model's sub-folder and legend entry"})
+
+    def resolved_label(self) -> str:
+        return self.label or f"{self.type}_{self.num_layers}_layer"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    name: str = field(default="compare", metadata={**LABEL, "help": "run name, the suffix of the run folder"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "the one seed every random draw derives from"})
+    device: str = field(default="auto", metadata={"choices": DEVICES, "help": "auto picks cuda when present"})
+    targets: tuple[str, ...] = field(default=TARGETS, metadata={"choices": TARGETS,
+                                                                  "help": "target modes; every model is trained in each"})
+    models: tuple[ModelEntry, ...] = field(default=(
+        ModelEntry(type="rnn", num_layers=1), ModelEntry(type="lstm", num_layers=1),
+        ModelEntry(type="rnn", num_layers=2), ModelEntry(type="lstm", num_layers=2),
+    ), metadata={"help": "models: label, type, num_layers, hidden_size, nonlinearity"})
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def train_configs(self) -> list[Config]:
+        """One train config per (model, target), in that order; the model's label is the run name."""
+        out = []
+        for entry in self.models:
+            model = ModelConfig(**{f.name: getattr(entry, f.name) for f in dataclasses.fields(ModelConfig)})
+            for target in self.targets:
+                out.append(Config(name=entry.resolved_label(), seed=self.seed, device=self.device, model=model,
+                                  task=self.task, train=TrainConfig(**dataclasses.asdict(self.train), target=target),
+                                  eval=self.eval))
+        return out
 
 
 def _describe(value: Any) -> str:
@@ -152,9 +196,23 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         f = fields[key]
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, f"{prefix}{key}.")
+        elif typing.get_origin(hints[key]) is tuple:
+            kwargs[key] = _build_list(f, typing.get_args(hints[key])[0], value, f"{prefix}{key}")
         else:
             kwargs[key] = _coerce(f, hints[key], value, f"{prefix}{key}")
     return cls(**kwargs)
+
+
+def _build_list(f: dataclasses.Field, item: type, raw: Any, where: str) -> tuple:
+    """A tuple of ``item`` from a YAML list (non-empty, no repeats)."""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where} = {_describe(raw)}: expected a non-empty list")
+    if dataclasses.is_dataclass(item):
+        return tuple(_build(item, value, f"{where}.{k}.") for k, value in enumerate(raw))
+    values = tuple(_coerce(f, item, value, f"{where}.{k}") for k, value in enumerate(raw))
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{where} = {_describe(raw)}: a value is repeated")
+    return values
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -175,18 +233,41 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for text in overrides:
         path, value = parse_override(text)
         node = merged
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[path[-1]] = value
+        for depth, part in enumerate(path):
+            if isinstance(node, list):  # models.0.hidden_size=64
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {text!r}: {'.'.join(path[:depth])} has items 0 to {len(node) - 1}")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[:depth])} is not a section")
+            if depth == len(path) - 1:
+                node[part] = value
+            else:
+                child = node[part] if isinstance(node, list) or part in node else None
+                if not isinstance(child, (dict, list)):
+                    child = {}
+                    node[part] = child
+                node = child
     return merged
 
 
-def _deep_copy(raw: dict) -> dict:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+def _deep_copy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deep_copy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deep_copy(v) for v in raw]
+    return raw
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, section by section; lists and leaves of ``top`` replace ``base``'s."""
+    merged = _deep_copy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = _deep_copy(value)
+    return merged
 
 
 def read_yaml(path: Path) -> dict:
@@ -216,7 +297,13 @@ def read_yaml(path: Path) -> dict:
 def config_from_dict(raw: dict, source: str = "config", cls: type = Config) -> Any:
     """Validate a plain dict into a typed config; errors are prefixed with ``source``."""
     try:
-        return _build(cls, raw, "")
+        config = _build(cls, raw, "")
+        if cls is CompareConfig:
+            labels = [m.resolved_label() for m in config.models]
+            repeated = sorted({label for label in labels if labels.count(label) > 1})
+            if repeated:
+                raise ConfigError(f"models: label {repeated[0]!r} is used twice; give each model its own label")
+        return config
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 
@@ -226,15 +313,24 @@ def load_config(path: Path | None, overrides: list[str] = (), cls: type = Config
     raw = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "defaults"
     try:
-        raw = apply_overrides(raw, list(overrides))
+        # Overrides may index lists the file leaves at their defaults (models.0.hidden_size=64).
+        raw = apply_overrides(_merge(config_to_dict(cls()), raw), list(overrides))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return config_from_dict(raw, source + (" (with overrides)" if overrides else ""), cls)
 
 
 def config_to_dict(config: Any) -> dict:
-    """The config as plain Python values (for config.yaml and checkpoints)."""
-    return dataclasses.asdict(config)
+    """The config as plain Python values (for config.yaml and checkpoints): dicts, lists, scalars."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def config_to_yaml(config: Any) -> str:

@@ -1,6 +1,7 @@
 """Experiments: seed, build, train, evaluate, and hand the results to plots and runs."""
 from __future__ import annotations
 
+import dataclasses
 import platform
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ class TrainResult:
     status: str  # completed | diverged | interrupted | failed
     summary: dict[str, Any]
     message: str = ""
+    losses: list[float] = dataclasses.field(default_factory=list)
+    # The plotted held-out sequences: "x", "y", "pred", each (NUM_PLOTTED, seq_len).
+    preview: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,13 +52,14 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _now() -> str:
+def now_iso() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def new_meta(config: Config, device: torch.device, argv: list[str]) -> dict[str, Any]:
+def new_meta(seed: int, device: torch.device, argv: list[str]) -> dict[str, Any]:
+    """meta.json of a run that has just started."""
     return {
-        "status": "running", "started": _now(), "ended": None, "wall_s": None, "seed": config.seed,
+        "status": "running", "started": now_iso(), "ended": None, "wall_s": None, "seed": seed,
         "command": argv, "device": str(device), "rnnexp": __version__, "torch": torch.__version__,
         "python": platform.python_version(), "git_commit": _git_commit(),
     }
@@ -113,18 +118,19 @@ def build_seeded_model(config: Config, label: str) -> models.RecurrentRegression
 
 
 def train_into(run_dir: Path, config: Config, device: torch.device, argv: list[str],
-               show_progress: bool = True, desc: str | None = None) -> TrainResult:
-    """Train ``config`` and write a complete run into the existing folder ``run_dir``."""
-    meta = new_meta(config, device, argv)
+               report: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train ``config`` and write a complete run into the existing folder ``run_dir``; ``report(step, loss)`` sees every step."""
+    started = time.perf_counter()
+    meta = new_meta(config.seed, device, argv)
     runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
     runs.write_json(run_dir / runs.META, meta)
     model = build_seeded_model(config, config.name).to(device)
     optimizer = make_optimizer(model, config.train.lr)
     history = History()
-    progress = Progress(config.train.num_batches, desc or config.name, show_progress)
 
     def on_step(step: int, loss: float) -> None:
-        progress.update(step, loss)
+        if report is not None:
+            report(step, loss)
         if (step + 1) % FLUSH_EVERY == 0:
             _write_metrics(run_dir, history.losses)
 
@@ -134,19 +140,20 @@ def train_into(run_dir: Path, config: Config, device: torch.device, argv: list[s
               config.train.clip_grad_norm, on_step, history=history)
     except KeyboardInterrupt:
         history.status, history.message = "interrupted", f"interrupted at step {len(history.losses)}"
-    finally:
-        progress.close()
     train_s = time.perf_counter() - start
-    return _finish(run_dir, config, model, history, meta, train_s)
+    result = _finish(run_dir, config, model, history, train_s)
+    meta.update(status=history.status, ended=now_iso(), wall_s=round(time.perf_counter() - started, 3),
+                message=history.message)
+    runs.write_json(run_dir / runs.META, meta)  # last: a run is complete once its meta says so
+    return result
 
 
 def _write_metrics(run_dir: Path, losses: list[float]) -> None:
     runs.write_csv(run_dir / runs.METRICS, ["step", "loss"], enumerate(losses))
 
 
-def _finish(run_dir: Path, config: Config, model: torch.nn.Module, history: History, meta: dict,
-            train_s: float) -> TrainResult:
-    """Evaluate, plot and write every result file; the run's status goes in last."""
+def _finish(run_dir: Path, config: Config, model: torch.nn.Module, history: History, train_s: float) -> TrainResult:
+    """Evaluate, plot and write every result file but meta.json."""
     losses = history.losses
     _write_metrics(run_dir, losses)
     device = next(model.parameters()).device
@@ -158,24 +165,27 @@ def _finish(run_dir: Path, config: Config, model: torch.nn.Module, history: Hist
         "num_layers": config.model.num_layers, "hidden_size": config.model.hidden_size,
         "target": config.train.target, "steps": len(losses),
         "final_train_loss": float(np.mean(losses[-FINAL_LOSS_WINDOW:])) if losses else None,
-        "eval_mse": eval_mse, "num_params": models.num_params(model),
+        "eval_mse": eval_mse if np.isfinite(eval_mse) else None, "num_params": models.num_params(model),
         "steps_per_s": len(losses) / train_s if train_s > 0 else None, "wall_s": train_s,
     }
     title = f"{config.name}: {config.model.type}, {config.model.num_layers} layer(s), target {config.train.target}"
     runs.write_figure(run_dir / runs.LOSS_PLOT, plots.loss_figure({config.name: np.array(losses)}, title))
+    preview = {"x": x[:NUM_PLOTTED, :, 0].numpy(), "y": y[:NUM_PLOTTED, :, 0].numpy(),
+               "pred": preds[:NUM_PLOTTED, :, 0].numpy()}
     runs.write_figure(run_dir / runs.PREDICTIONS_PLOT, plots.predictions_figure(
-        x[:NUM_PLOTTED, :, 0].numpy(), y[:NUM_PLOTTED, :, 0].numpy(),
-        {config.name: preds[:NUM_PLOTTED, :, 0].numpy()}, config.train.target, title))
+        preview["x"], preview["y"], {config.name: preview["pred"]}, config.train.target, title))
     runs.write_torch(run_dir / runs.CHECKPOINT, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                                                  "config": config_to_dict(config)})
     runs.write_json(run_dir / runs.SUMMARY, summary)
-    meta.update(status=history.status, ended=_now(), wall_s=round(train_s, 3), message=history.message)
-    runs.write_json(run_dir / runs.META, meta)
-    return TrainResult(run_dir, history.status, summary, history.message)
+    return TrainResult(run_dir, history.status, summary, history.message, losses, preview)
 
 
 def run_train(config: Config, runs_dir: Path, argv: list[str], show_progress: bool = True) -> TrainResult:
     """``rnnexp train``: one model into a new run folder."""
     device = resolve_device(config.device)
     run_dir = runs.create_run_dir(runs_dir, config.name)
-    return train_into(run_dir, config, device, argv, show_progress)
+    progress = Progress(config.train.num_batches, config.name, show_progress)
+    try:
+        return train_into(run_dir, config, device, argv, progress.update)
+    finally:
+        progress.close()

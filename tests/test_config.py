@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnexp.config import Config, ConfigError, load_config, describe_fields
+from rnnexp.config import CompareConfig, Config, ConfigError, load_config, describe_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
@@ -16,8 +16,10 @@ def test_configs_are_shipped():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_config_loads(path):
-    cfg = load_config(path)
-    assert isinstance(cfg, Config)
+    # compare*.yaml are `rnnexp compare` configs; every other file is a `rnnexp train` config.
+    cls = CompareConfig if path.stem.startswith("compare") else Config
+    cfg = load_config(path, cls=cls)
+    assert isinstance(cfg, cls)
     assert cfg.name == path.stem or path.stem == "default"
 
 

@@ -1,0 +1,202 @@
+"""``rnnexp compare``: several models, each in every target mode, trained in parallel processes."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_module
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import plots, runs
+from .config import CompareConfig, Config, config_to_yaml
+from .experiments import TrainResult, new_meta, now_iso, resolve_device, train_into
+
+SUMMARY_COLUMNS = ["label", "target", "type", "num_layers", "hidden_size", "num_params", "final_train_loss",
+                   "eval_mse", "wall_s", "steps_per_s", "status"]
+REPORT_EVERY = 25  # steps between progress messages from a worker
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    run_dir: Path
+    status: str  # completed, or failed / interrupted when any training was
+    rows: list[dict[str, Any]]
+
+
+def sub_dir_name(config: Config) -> str:
+    return f"{config.name}_{config.train.target}"
+
+
+def _worker(index: int, config: Config, run_dir: Path, device: str, argv: list[str], messages) -> None:
+    """One training in its own process, with one torch thread (tiny matmuls are slower with more)."""
+    torch.set_num_threads(1)
+    recent: list[float] = []
+
+    def report(step: int, loss: float) -> None:
+        recent.append(loss)
+        if (step + 1) % REPORT_EVERY == 0 or step + 1 == config.train.num_batches:
+            messages.put(("step", index, step + 1, float(np.mean(recent[-100:]))))
+            del recent[:-100]
+
+    try:
+        result = train_into(run_dir, config, torch.device(device), argv, report)
+        messages.put(("done", index, result))
+    except BaseException as e:  # a failed training must not take the others down
+        messages.put(("failed", index, f"{e.__class__.__name__}: {e}", traceback.format_exc()))
+
+
+class _Board:
+    """Progress of every training: tqdm bars on a terminal, plain lines when stderr is piped."""
+
+    def __init__(self, labels: list[str], total: int, enabled: bool):
+        self.labels, self.total, self.enabled = labels, total, enabled
+        self.bars = []
+        self.last_line = [0] * len(labels)
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            width = max(len(label) for label in labels)
+            self.bars = [tqdm(total=total, desc=label.ljust(width), position=k, file=sys.stderr, leave=True,
+                              dynamic_ncols=True) for k, label in enumerate(labels)]
+
+    def step(self, index: int, step: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        if self.bars:
+            bar = self.bars[index]
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        elif step * 4 // self.total > self.last_line[index] * 4 // self.total:  # a line per quarter
+            self.last_line[index] = step
+            sys.stderr.write(f"{self.labels[index]}: step {step}/{self.total} loss {loss:.4g}\n")
+            sys.stderr.flush()
+
+    def end(self, index: int, status: str) -> None:
+        if not self.enabled:
+            return
+        if self.bars:
+            self.bars[index].set_postfix_str(status)
+        else:
+            sys.stderr.write(f"{self.labels[index]}: {status}\n")
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+
+
+def run_jobs(configs: list[Config], dirs: list[Path], device: torch.device, argv: list[str], jobs: int,
+             show_progress: bool) -> tuple[list[TrainResult | None], list[str], bool]:
+    """Train every config in its own process, at most ``jobs`` at a time.
+
+    Returns per training its TrainResult (None if it failed), an error message ('' if none),
+    and whether the whole was interrupted.
+    """
+    # fork starts a worker in milliseconds; CUDA cannot be used in a forked child.
+    ctx = mp.get_context("spawn" if device.type == "cuda" else "fork")
+    messages = ctx.Queue()
+    results: list[TrainResult | None] = [None] * len(configs)
+    errors = [""] * len(configs)
+    board = _Board([d.name for d in dirs], configs[0].train.num_batches, show_progress)
+    pending = list(range(len(configs)))
+    running: dict[int, Any] = {}
+    finished: set[int] = set()
+    interrupted = False
+    try:
+        while pending or running:
+            try:
+                while pending and len(running) < jobs and not interrupted:
+                    k = pending.pop(0)
+                    running[k] = ctx.Process(target=_worker, args=(k, configs[k], dirs[k], str(device), argv, messages),
+                                             daemon=True)
+                    running[k].start()
+                if interrupted and not running:
+                    break
+                try:
+                    message = messages.get(timeout=0.2)
+                except queue_module.Empty:
+                    message = None
+                if message is not None:
+                    kind, k = message[0], message[1]
+                    if kind == "step":
+                        board.step(k, message[2], message[3])
+                        continue
+                    if kind == "done":
+                        results[k] = message[2]
+                        board.end(k, message[2].status)
+                    else:
+                        errors[k] = message[2]
+                        board.end(k, f"failed: {message[2]}")
+                    finished.add(k)
+                    running.pop(k).join()
+                for k, proc in list(running.items()):
+                    if not proc.is_alive() and k not in finished:
+                        time.sleep(0.2)  # its last message may still be in the pipe
+                        if messages.empty():
+                            errors[k] = f"worker process died (exit code {proc.exitcode})"
+                            board.end(k, f"failed: {errors[k]}")
+                            running.pop(k)
+                            finished.add(k)
+            except KeyboardInterrupt:
+                # Ctrl-C reaches the workers too; SIGTERM only this process: pass it on. Each
+                # worker then stops its training, writes what it has, and reports.
+                interrupted = True
+                pending.clear()
+                for proc in running.values():
+                    if proc.is_alive():
+                        os.kill(proc.pid, signal.SIGINT)
+    finally:
+        board.close()
+    return results, errors, interrupted
+
+
+def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: int | None = None,
+                show_progress: bool = True) -> CompareResult:
+    """``rnnexp compare``: every (model, target) into one run folder, with overlaid plots and a summary."""
+    device = resolve_device(config.device)
+    configs = config.train_configs()
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(configs)))
+    run_dir = runs.create_run_dir(runs_dir, config.name)
+    started = time.perf_counter()
+    meta = new_meta(config.seed, device, argv) | {"jobs": jobs}
+    runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
+    runs.write_json(run_dir / runs.META, meta)
+    dirs = [run_dir / sub_dir_name(c) for c in configs]
+    for d in dirs:
+        d.mkdir()
+    results, errors, interrupted = run_jobs(configs, dirs, device, argv, jobs, show_progress)
+
+    rows = []
+    for c, result, error in zip(configs, results, errors):
+        s = result.summary if result is not None else {}
+        rows.append({"label": c.name, "target": c.train.target, "type": c.model.type,
+                     "num_layers": c.model.num_layers, "hidden_size": c.model.hidden_size,
+                     "num_params": s.get("num_params"), "final_train_loss": s.get("final_train_loss"),
+                     "eval_mse": s.get("eval_mse"), "wall_s": s.get("wall_s"), "steps_per_s": s.get("steps_per_s"),
+                     "status": result.status if result is not None else "failed",
+                     "message": result.message if result is not None else error})
+    runs.write_csv(run_dir / "summary.csv", SUMMARY_COLUMNS, ([r[c] for c in SUMMARY_COLUMNS] for r in rows))
+    runs.write_json(run_dir / runs.SUMMARY, rows)
+    for target in config.targets:
+        done = [(c, r) for c, r in zip(configs, results) if c.train.target == target and r is not None and r.losses]
+        if not done:
+            continue
+        title = f"{config.name}: target {target}"
+        runs.write_figure(run_dir / f"losses_{target}.png",
+                          plots.loss_figure({c.name: np.array(r.losses) for c, r in done}, title))
+        first = done[0][1].preview
+        runs.write_figure(run_dir / f"predictions_{target}.png", plots.predictions_figure(
+            first["x"], first["y"], {c.name: r.preview["pred"] for c, r in done}, target, title))
+    statuses = {r["status"] for r in rows}
+    status = "interrupted" if interrupted else "completed" if statuses == {"completed"} else "failed"
+    meta.update(status=status, ended=now_iso(),
+                wall_s=round(time.perf_counter() - started, 3))
+    runs.write_json(run_dir / runs.META, meta)
+    return CompareResult(run_dir, status, rows)

@@ -1,0 +1,107 @@
+"""rnnexp compare: folders, summary, fairness, parallel == sequential, failures."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rnnexp import compare as compare_module
+from rnnexp.cli import app
+from rnnexp.config import CompareConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SUB_FILES = {"config.yaml", "meta.json", "metrics.csv", "summary.json", "loss.png", "predictions.png", "model.pt"}
+SMALL = ["train.num_batches=12", "eval.num_sequences=16", "train.batch_size=4"]
+runner = CliRunner()
+
+
+def _compare(tmp_path, *args, runs="runs"):
+    result = runner.invoke(app, ["compare", "--runs-dir", str(tmp_path / runs), "--quiet", *args])
+    return result, Path(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else None
+
+
+def _losses(run_dir: Path) -> dict[str, str]:
+    return {d.name: (d / "metrics.csv").read_text() for d in sorted(run_dir.iterdir()) if d.is_dir()}
+
+
+def test_shipped_compare_config_is_the_notebook_experiment():
+    cfg = load_config(ROOT / "configs" / "compare.yaml", cls=CompareConfig)
+    assert cfg.targets == ("all", "last")
+    assert [(m.resolved_label(), m.type, m.num_layers, m.hidden_size) for m in cfg.models] == [
+        ("rnn_1_layer", "rnn", 1, 32), ("lstm_1_layer", "lstm", 1, 32),
+        ("rnn_2_layer", "rnn", 2, 32), ("lstm_2_layer", "lstm", 2, 32)]
+    assert (cfg.train.lr, cfg.train.num_batches, cfg.train.batch_size, cfg.seed) == (1e-4, 5000, 32, 0)
+
+
+def test_compare_writes_every_file(tmp_path):
+    result, run_dir = _compare(tmp_path, "--config", str(ROOT / "configs" / "compare.yaml"), *SMALL, "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    labels = ["rnn_1_layer", "lstm_1_layer", "rnn_2_layer", "lstm_2_layer"]
+    subs = {f"{label}_{t}" for label in labels for t in ("all", "last")}
+    top = {"config.yaml", "meta.json", "summary.csv", "summary.json", "losses_all.png", "losses_last.png",
+           "predictions_all.png", "predictions_last.png"}
+    assert {p.name for p in run_dir.iterdir()} == top | subs
+    for sub in subs:
+        assert {p.name for p in (run_dir / sub).iterdir()} == SUB_FILES
+    rows = list(csv.DictReader((run_dir / "summary.csv").open()))
+    assert list(rows[0]) == ["label", "target", "type", "num_layers", "hidden_size", "num_params", "final_train_loss",
+                             "eval_mse", "wall_s", "steps_per_s", "status"]
+    assert [(r["label"], r["target"]) for r in rows] == [(label, t) for label in labels for t in ("all", "last")]
+    for r in rows:
+        sub = json.loads((run_dir / f"{r['label']}_{r['target']}" / "summary.json").read_text())
+        assert float(r["eval_mse"]) == sub["eval_mse"] and int(r["num_params"]) == sub["num_params"]
+        assert r["status"] == "completed"
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "completed"
+    assert "best eval MSE per target" in result.stdout
+
+
+def test_parallel_equals_sequential_and_models_are_independent(tmp_path):
+    two = ["models=[{type: rnn, hidden_size: 4}, {type: lstm, hidden_size: 4}]", *SMALL]
+    _, parallel = _compare(tmp_path, *two, "--jobs", "2", runs="a")
+    _, sequential = _compare(tmp_path, *two, "--jobs", "1", runs="b")
+    assert _losses(parallel) == _losses(sequential) and len(_losses(parallel)) == 4
+    _, lstm_only = _compare(tmp_path, "models=[{type: lstm, hidden_size: 4}]", *SMALL, runs="c")
+    kept = _losses(lstm_only)
+    assert set(kept) == {"lstm_1_layer_all", "lstm_1_layer_last"}
+    assert kept == {k: v for k, v in _losses(parallel).items() if k.startswith("lstm")}
+
+
+def test_train_and_compare_agree_for_the_same_model(tmp_path):
+    _, cmp_dir = _compare(tmp_path, "models=[{label: m, type: rnn, hidden_size: 4}]", "targets=[last]", *SMALL)
+    result = runner.invoke(app, ["train", "--runs-dir", str(tmp_path / "t"), "-q", "name=m", "model.hidden_size=4",
+                                 "train.target=last", *SMALL])
+    train_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert (train_dir / "metrics.csv").read_text() == (cmp_dir / "m_last" / "metrics.csv").read_text()
+
+
+def test_one_failed_training_does_not_stop_the_others(tmp_path, monkeypatch):
+    real = compare_module.train_into
+
+    def flaky(run_dir, config, *args, **kwargs):
+        if config.model.type == "lstm" and config.train.target == "last":
+            raise RuntimeError("simulated crash")
+        return real(run_dir, config, *args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "train_into", flaky)  # forked workers inherit it
+    result, run_dir = _compare(tmp_path, "models=[{type: rnn, hidden_size: 4}, {type: lstm, hidden_size: 4}]", *SMALL)
+    assert result.exit_code == 1
+    rows = {(r["label"], r["target"]): r for r in json.loads((run_dir / "summary.json").read_text())}
+    assert rows[("lstm_1_layer", "last")]["status"] == "failed"
+    assert "simulated crash" in rows[("lstm_1_layer", "last")]["message"]
+    assert [r["status"] for k, r in rows.items() if k != ("lstm_1_layer", "last")] == ["completed"] * 3
+    assert "simulated crash" in result.stderr
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["targets=[all, all]"], "targets = [all, all]: a value is repeated"),
+    (["models=[{type: rnn}, {type: rnn}]"], "label 'rnn_1_layer' is used twice"),
+    (["train.target=all"], "train.target: unknown key"),
+    (["models.7.hidden_size=3"], "models has items 0 to 3"),
+    (["--jobs", "0"], "--jobs"),
+])
+def test_bad_compare_input(tmp_path, args, message):
+    result, _ = _compare(tmp_path, *args)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()
