@@ -7,7 +7,7 @@ RNNEXP := $(BIN)/rnnexp
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run train test bench clean
+.PHONY: setup run train compare test bench clean
 
 setup: $(STAMP)
 
@@ -18,15 +18,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# The main job: the shipped default config.
+# The main job: the notebook's four-model experiment in both target modes (8 trainings).
 run: setup
-	$(RNNEXP) train --config configs/default.yaml
+	$(RNNEXP) compare --config configs/compare.yaml
 
 # One model; pick the config with CONFIG=..., add overrides with ARGS="train.lr=3e-4".
 CONFIG ?= configs/default.yaml
 ARGS ?=
 train: setup
 	$(RNNEXP) train --config $(CONFIG) $(ARGS)
+
+# Several models side by side; COMPARE=... picks the config, ARGS as for train.
+COMPARE ?= configs/compare.yaml
+compare: setup
+	$(RNNEXP) compare --config $(COMPARE) $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest

@@ -122,7 +122,8 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: Run
     from .compare import run_compare
 
     result = run_compare(cfg, runs_dir, sys.argv, jobs, show_progress=not quiet)
-    table = Table(title=f"{cfg.name}: {len(result.rows)} trainings ({result.status})")
+    count = len(result.rows)
+    table = Table(title=f"{cfg.name}: {count} training{'' if count == 1 else 's'} ({result.status})")
     for col in ("label", "target", "num_params", "final_train_loss", "eval_mse", "steps_per_s", "wall_s", "status"):
         table.add_column(col, justify="left" if col in ("label", "target", "status") else "right")
     for target in cfg.targets:
