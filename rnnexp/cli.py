@@ -35,7 +35,8 @@ _received: list[int] = []
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (defaults if omitted).")]
 Overrides = Annotated[Optional[list[str]], typer.Argument(
-    help="Dotted overrides applied after the file, the last one winning: train.lr=3e-4 model.hidden_size=64",
+    help="Dotted overrides applied after the file, the last one winning: train.lr=3e-4 seed=3 "
+         "(train: model.hidden_size=64; compare: models.0.hidden_size=64)",
     show_default=False)]
 RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where run folders are made.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help=f"One of {', '.join(DEVICES)}; overrides the config.")]
@@ -43,8 +44,17 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress outpu
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"rnnexp {__version__}", markup=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
     """Experiments with recurrent networks: train, compare, scan gradients."""
 
 

@@ -196,7 +196,8 @@ def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: in
             first["x"], first["y"], {c.name: r.preview["pred"] for c, r in done}, target, title))
     statuses = {r["status"] for r in rows}
     status = "interrupted" if interrupted else "completed" if statuses == {"completed"} else "failed"
-    meta.update(status=status, ended=now_iso(),
-                wall_s=round(time.perf_counter() - started, 3))
+    bad = [f"{r['label']} ({r['target']}) {r['status']}" for r in rows if r["status"] != "completed"]
+    meta.update(status=status, ended=now_iso(), wall_s=round(time.perf_counter() - started, 3),
+                message="; ".join(bad))
     runs.write_json(run_dir / runs.META, meta)
     return CompareResult(run_dir, status, rows)

@@ -52,7 +52,8 @@ def test_compare_writes_every_file(tmp_path):
         sub = json.loads((run_dir / f"{r['label']}_{r['target']}" / "summary.json").read_text())
         assert float(r["eval_mse"]) == sub["eval_mse"] and int(r["num_params"]) == sub["num_params"]
         assert r["status"] == "completed"
-    assert json.loads((run_dir / "meta.json").read_text())["status"] == "completed"
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["message"] == "" and meta["jobs"] == 2
     assert "best eval MSE per target" in result.stdout
 
 
@@ -91,7 +92,8 @@ def test_one_failed_training_does_not_stop_the_others(tmp_path, monkeypatch):
     assert "simulated crash" in rows[("lstm_1_layer", "last")]["message"]
     assert [r["status"] for k, r in rows.items() if k != ("lstm_1_layer", "last")] == ["completed"] * 3
     assert "simulated crash" in result.stderr
-    assert json.loads((run_dir / "meta.json").read_text())["status"] == "failed"
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "failed" and meta["message"] == "lstm_1_layer (last) failed"
 
 
 @pytest.mark.parametrize("args,message", [

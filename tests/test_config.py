@@ -66,6 +66,8 @@ BAD = [
     ("model: 3\n", [], "c.yaml: model = 3: expected a mapping of keys"),
     ("- 1\n- 2\n", [], "c.yaml: expected a mapping of keys at the top, found list"),
     ("model:\n  type: [rnn\n", [], "c.yaml: YAML syntax error at line 3, column 1"),
+    ("name: x\nseed: 1\nname: y\n", [], "c.yaml: YAML error at line 3, column 1: key 'name' is given twice"),
+    ("train:\n  lr: 1\n  lr: 2\n", [], "c.yaml: YAML error at line 3, column 3: key 'lr' is given twice"),
     ("", ["train.lr"], "c.yaml: override 'train.lr': expected key=value"),
     ("", ["=3"], "c.yaml: override '=3': expected key=value"),
     ("", ["nosuch.key=1"], "c.yaml (with overrides): nosuch: unknown key"),
