@@ -138,10 +138,10 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: Run
         table.add_column(col, justify="left" if col in ("label", "target", "status") else "right")
     for target in cfg.targets:
         rows = [r for r in result.rows if r["target"] == target]
-        scored = [r["eval_mse"] for r in rows if r["eval_mse"] is not None]
+        scored = [r["eval_mse"] for r in rows if r["eval_mse"] is not None and r["status"] == "completed"]
         best = min(scored) if scored else None
         for r in rows:
-            mark = " *" if r["eval_mse"] is not None and r["eval_mse"] == best else ""
+            mark = " *" if r["status"] == "completed" and r["eval_mse"] == best else ""
             table.add_row(r["label"], target, _fmt(r["num_params"], "d"), _fmt(r["final_train_loss"]),
                           _fmt(r["eval_mse"]) + mark, _fmt(r["steps_per_s"], ".0f"), _fmt(r["wall_s"], ".1f"),
                           r["status"], style="bold" if mark else None)

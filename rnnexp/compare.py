@@ -35,9 +35,17 @@ def sub_dir_name(config: Config) -> str:
     return f"{config.name}_{config.train.target}"
 
 
+def _interrupt_once(signum, frame) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _worker(index: int, config: Config, run_dir: Path, device: str, argv: list[str], messages) -> None:
     """One training in its own process, with one torch thread (tiny matmuls are slower with more)."""
     torch.set_num_threads(1)
+    # Ctrl-C reaches a worker twice (from the terminal and from the parent passing it on);
+    # only the first may interrupt, or the second would break off writing the results.
+    signal.signal(signal.SIGINT, _interrupt_once)
     recent: list[float] = []
 
     def report(step: int, loss: float) -> None:
@@ -49,6 +57,9 @@ def _worker(index: int, config: Config, run_dir: Path, device: str, argv: list[s
     try:
         result = train_into(run_dir, config, torch.device(device), argv, report)
         messages.put(("done", index, result))
+    except KeyboardInterrupt:  # before its training began: as if it had not started
+        runs.remove_if_empty(run_dir)
+        messages.put(("stopped", index))
     except BaseException as e:  # a failed training must not take the others down
         messages.put(("failed", index, f"{e.__class__.__name__}: {e}", traceback.format_exc()))
 
@@ -114,6 +125,7 @@ def run_jobs(configs: list[Config], dirs: list[Path], device: torch.device, argv
             try:
                 while pending and len(running) < jobs and not interrupted:
                     k = pending.pop(0)
+                    dirs[k].mkdir()  # only trainings that start get a folder
                     running[k] = ctx.Process(target=_worker, args=(k, configs[k], dirs[k], str(device), argv, messages),
                                              daemon=True)
                     running[k].start()
@@ -131,6 +143,8 @@ def run_jobs(configs: list[Config], dirs: list[Path], device: torch.device, argv
                     if kind == "done":
                         results[k] = message[2]
                         board.end(k, message[2].status)
+                    elif kind == "stopped":
+                        board.end(k, "not started")
                     else:
                         errors[k] = message[2]
                         board.end(k, f"failed: {message[2]}")
@@ -169,8 +183,6 @@ def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: in
     runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
     runs.write_json(run_dir / runs.META, meta)
     dirs = [run_dir / sub_dir_name(c) for c in configs]
-    for d in dirs:
-        d.mkdir()
     results, errors, interrupted = run_jobs(configs, dirs, device, argv, jobs, show_progress)
 
     rows = []
@@ -180,8 +192,9 @@ def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: in
                      "num_layers": c.model.num_layers, "hidden_size": c.model.hidden_size,
                      "num_params": s.get("num_params"), "final_train_loss": s.get("final_train_loss"),
                      "eval_mse": s.get("eval_mse"), "wall_s": s.get("wall_s"), "steps_per_s": s.get("steps_per_s"),
-                     "status": result.status if result is not None else "failed",
-                     "message": result.message if result is not None else error})
+                     "status": result.status if result is not None else "failed" if error or not interrupted
+                     else "not started",
+                     "message": result.message if result is not None else error or "interrupted before it started"})
     runs.write_csv(run_dir / "summary.csv", SUMMARY_COLUMNS, ([r[c] for c in SUMMARY_COLUMNS] for r in rows))
     runs.write_json(run_dir / runs.SUMMARY, rows)
     for target in config.targets:

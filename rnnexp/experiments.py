@@ -122,11 +122,13 @@ def train_into(run_dir: Path, config: Config, device: torch.device, argv: list[s
     """Train ``config`` and write a complete run into the existing folder ``run_dir``; ``report(step, loss)`` sees every step."""
     started = time.perf_counter()
     meta = new_meta(config.seed, device, argv)
-    runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
-    runs.write_json(run_dir / runs.META, meta)
     model = build_seeded_model(config, config.name).to(device)
     optimizer = make_optimizer(model, config.train.lr)
     history = History()
+    # Written only now, right before training, so that a Ctrl-C that comes earlier leaves an
+    # empty folder (which the caller removes) and one that comes later an interrupted run.
+    runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
+    runs.write_json(run_dir / runs.META, meta)
 
     def on_step(step: int, loss: float) -> None:
         if report is not None:
@@ -187,5 +189,8 @@ def run_train(config: Config, runs_dir: Path, argv: list[str], show_progress: bo
     progress = Progress(config.train.num_batches, config.name, show_progress)
     try:
         return train_into(run_dir, config, device, argv, progress.update)
+    except KeyboardInterrupt:
+        runs.remove_if_empty(run_dir)  # interrupted before anything was written
+        raise
     finally:
         progress.close()

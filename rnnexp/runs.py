@@ -62,6 +62,14 @@ def create_run_dir(runs_dir: Path, name: str, now: datetime | None = None) -> Pa
     raise UserError(f"--runs-dir {runs_dir}: too many runs named {stem}")
 
 
+def remove_if_empty(run_dir: Path) -> None:
+    """Remove a run folder that nothing was written into."""
+    try:
+        Path(run_dir).rmdir()
+    except OSError:  # not empty (or already gone): keep it
+        pass
+
+
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     path = Path(path)

@@ -107,3 +107,31 @@ def test_bad_compare_input(tmp_path, args, message):
     result, _ = _compare(tmp_path, *args)
     assert result.exit_code == 2 and message in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_stops_the_running_training_and_starts_no_other(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "rnnexp", "compare", "--runs-dir", str(runs), "--quiet", "--jobs", "1",
+                             "models=[{type: rnn, hidden_size: 4}, {type: lstm, hidden_size: 4}]",
+                             "train.num_batches=100000", "eval.num_sequences=16"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not list(runs.glob("*/rnn_1_layer_all/metrics.csv")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    run_dir = Path(stdout.strip().splitlines()[-1])
+    rows = {(r["label"], r["target"]): r for r in json.loads((run_dir / "summary.json").read_text())}
+    assert rows[("rnn_1_layer", "all")]["status"] == "interrupted", rows[("rnn_1_layer", "all")]
+    for key in [("rnn_1_layer", "last"), ("lstm_1_layer", "all"), ("lstm_1_layer", "last")]:
+        assert rows[key]["status"] == "not started" and rows[key]["message"] == "interrupted before it started"
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["rnn_1_layer_all"]
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "interrupted"
+    assert json.loads((run_dir / "rnn_1_layer_all" / "meta.json").read_text())["status"] == "interrupted"
