@@ -5,17 +5,19 @@ imported inside the commands, so ``rnnexp --help`` answers at once.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import DEVICES, CompareConfig, UserError, load_config
+from .config import DEVICES, SCALES_HELP, CompareConfig, UserError, load_config, load_gradscan_config, parse_scales
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException
@@ -151,6 +153,86 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: Run
         if r["status"] not in ("completed", "interrupted"):
             err.print(f"{r['label']} ({r['target']}) {r['status']}: {r['message']}", markup=False)
     _finish(result.status, "", result.run_dir)
+
+
+MAX_TABLE_ROWS = 40  # longer tables show their first and last half of this; the CSVs have every row
+
+
+@app.command()
+@user_errors
+def gradscan(
+        weight_scale: Annotated[str, typer.Option("--weight-scale", "-w", help=f"Weight factor: {SCALES_HELP}.")] = "1.0",
+        bias_scale: Annotated[str, typer.Option("--bias-scale", "-b", help=f"Bias factor: {SCALES_HELP}.")] = "1.0",
+        model: Annotated[Optional[str], typer.Option("--model", help="rnn or lstm [default: rnn]")] = None,
+        num_layers: Annotated[Optional[int], typer.Option("--num-layers", help="[default: 1]")] = None,
+        nonlinearity: Annotated[Optional[str], typer.Option(
+            "--nonlinearity", help="RNN activation: tanh, relu or identity [default: tanh]")] = None,
+        hidden_size: Annotated[Optional[int], typer.Option("--hidden-size", help="[default: 16]")] = None,
+        seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="[default: 10]")] = None,
+        target: Annotated[Optional[str], typer.Option("--target", help="loss on all timesteps or the last [default: last]")] = None,
+        seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds the weights and the sequence [default: 0]")] = None,
+        config: Annotated[Optional[Path], typer.Option(
+            "--config", "-c", help="A train config: its name, seed, model, task and target (options win).")] = None,
+        runs_dir: RunsDirOpt = Path("runs"), debug: DebugOpt = False) -> None:
+    """Gradient norms dLoss/dh_t per timestep of a freshly initialised model whose recurrent weights and biases are
+    scaled, for one setting or every combination of a scan; writes a new run folder and prints its path last."""
+    options = {"model.type": model, "model.num_layers": num_layers, "model.nonlinearity": nonlinearity,
+               "model.hidden_size": hidden_size, "task.seq_len": seq_len, "target": target, "seed": seed}
+    cfg = load_gradscan_config(config, [f"{key}={value}" for key, value in options.items() if value is not None])
+    cfg = dataclasses.replace(cfg, weight_scales=parse_scales(weight_scale, "--weight-scale"),
+                              bias_scales=parse_scales(bias_scale, "--bias-scale"))
+    from .gradscan import run_gradscan
+
+    result = run_gradscan(cfg, runs_dir, sys.argv)
+    flow = result.flow
+    num_settings, num_layers, seq_len = flow.grad_norm.shape
+    lstm, rnn = flow.cell_grad_norm is not None, flow.spectral_radius is not None
+    caption = f"{num_settings} setting(s) computed in {result.scan_s:.3f} s; every number is in gradients.csv and scan.csv"
+    if num_settings == 1:
+        ratio = flow.log10_ratio()[0]
+        facts = [f"loss {_fmt(flow.loss[0])}"] + [
+            f"layer {k}: " + (f"rho(W_hh) {_fmt(flow.spectral_radius[0, k])}, sigma_max {_fmt(flow.sigma_max[0, k])}, "
+                              if rnn else "") + f"log10 first/last {_fmt(ratio[k])}" for k in range(num_layers)]
+        table = Table(title=f"{cfg.name}: weight scale {cfg.weight_scales[0]:g}, bias scale {cfg.bias_scales[0]:g}; "
+                            + "; ".join(facts), caption=caption)
+        table.add_column("t", justify="right")
+        for k in range(num_layers):
+            on = f" L{k}" if num_layers > 1 else ""
+            for name in ("||h_t||", "||dL/dh_t||") + (("||dL/dc_t||",) if lstm else ()):
+                table.add_column(name + on, justify="right")
+        rows = []
+        for t in range(seq_len):
+            cells = [str(t + 1)]
+            for k in range(num_layers):
+                cells += [_fmt(flow.hidden_norm[0, k, t]), _fmt(flow.grad_norm[0, k, t])]
+                cells += [_fmt(flow.cell_grad_norm[0, k, t])] if lstm else []
+            rows.append(cells)
+    else:
+        ratio = flow.log10_ratio()
+        table = Table(title=f"{cfg.name}: {num_settings} settings, seq_len {seq_len}, target {cfg.target}",
+                      caption=caption)
+        for col in ("weight_scale", "bias_scale") + ("layer",) * (num_layers > 1) + ("rho", "sigma_max") * rnn + (
+                "loss", "grad_first", "grad_last", "log10_ratio"):
+            table.add_column(col, justify="right")
+        rows = []
+        for i in range(num_settings):
+            for k in range(num_layers):
+                rows.append([f"{flow.weight_scales[i]:g}", f"{flow.bias_scales[i]:g}"] + [str(k)] * (num_layers > 1)
+                            + ([_fmt(flow.spectral_radius[i, k]), _fmt(flow.sigma_max[i, k])] if rnn else [])
+                            + [_fmt(v) for v in (flow.loss[i], flow.grad_norm[i, k, 0], flow.grad_norm[i, k, -1],
+                                                 ratio[i, k])])
+    half = MAX_TABLE_ROWS // 2
+    for i, cells in enumerate(rows):
+        if len(rows) <= MAX_TABLE_ROWS or i < half or i >= len(rows) - half:
+            table.add_row(*cells)
+        elif i == half:
+            table.add_row(*(["..."] * len(cells)))
+    out.print(table)
+    overflowed = int((~np.isfinite(flow.grad_norm)).any(axis=(1, 2)).sum())
+    if overflowed:
+        err.print(f"note: {overflowed} of {num_settings} setting(s) overflowed: their gradient norms include inf "
+                  "or nan (reported as such, left off the plots)", markup=False)
+    _finish("completed", "", result.run_dir)
 
 
 def _finish(status: str, message: str, run_dir: Path) -> None:

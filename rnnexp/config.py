@@ -70,6 +70,12 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    grad_every: int = field(default=250, metadata={
+        "min": 1, "help": "batches between records of the probe batch's gradient norms (gradnorms.csv)"})
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = field(default="run", metadata={"pattern": r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
                                                "pattern_help": "1-64 letters, digits, '.', '_' or '-'",
@@ -80,6 +86,7 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 LABEL = {"pattern": r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "pattern_help": "1-64 letters, digits, '.', '_' or '-'"}
@@ -108,6 +115,7 @@ class CompareConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def train_configs(self) -> list[Config]:
         """One train config per (model, target), in that order; the model's label is the run name."""
@@ -117,8 +125,80 @@ class CompareConfig:
             for target in self.targets:
                 out.append(Config(name=entry.resolved_label(), seed=self.seed, device=self.device, model=model,
                                   task=self.task, train=TrainConfig(**dataclasses.asdict(self.train), target=target),
-                                  eval=self.eval))
+                                  eval=self.eval, log=self.log))
         return out
+
+
+# Values per scale option at most: the notebook's slider, -5 to 5 in steps of 0.05.
+MAX_SCALES = 201
+SCALES_HELP = "a number, a comma list (-2,-1,0,1,2) or an inclusive range start:stop:step (-5:5:0.25)"
+
+
+@dataclass(frozen=True)
+class GradScanConfig:
+    """``rnnexp gradscan``: one freshly initialised model, its recurrent layers scaled by every (weight, bias) pair."""
+    name: str = field(default="gradscan", metadata={**LABEL, "help": "run name, the suffix of the run folder"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "seeds the initial weights and the sequence"})
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden_size=16))
+    task: TaskConfig = field(default_factory=TaskConfig)
+    target: str = field(default="last", metadata={"choices": TARGETS,
+                                                  "help": "loss on every timestep (all) or the last one (last)"})
+    weight_scales: tuple[float, ...] = field(default=(1.0,), metadata={"help": "factors for every recurrent weight"})
+    bias_scales: tuple[float, ...] = field(default=(1.0,), metadata={"help": "factors for every recurrent bias"})
+
+
+def load_gradscan_config(path: Path | None, overrides: list[str] = ()) -> GradScanConfig:
+    """The notebook's defaults, or the name, seed, model, task and target of a train config file; then ``overrides``."""
+    raw = config_to_dict(GradScanConfig())
+    source = "defaults"
+    if path is not None:
+        train = load_config(path)
+        raw.update(name=train.name, seed=train.seed, model=config_to_dict(train.model),
+                   task=config_to_dict(train.task), target=train.train.target)
+        source = str(path)
+    try:
+        raw = apply_overrides(raw, list(overrides))
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return config_from_dict(raw, source + (" (with options)" if overrides else ""), GradScanConfig)
+
+
+def parse_scales(text: str, option: str) -> tuple[float, ...]:
+    """``-2,-1,0`` or the inclusive range ``-5:5:0.25`` as a tuple of distinct finite numbers (at most MAX_SCALES)."""
+    where = f"{option} {text!r}"
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ConfigError(f"{where}: a range is start:stop:step, three numbers")
+        start, stop, step = (_scale_number(p, where) for p in parts)
+        if step == 0:
+            raise ConfigError(f"{where}: the step of start:stop:step must not be 0")
+        steps = (stop - start) / step
+        if steps < 0:
+            raise ConfigError(f"{where}: a step of {step:g} goes away from {stop:g}; use {-step:g}")
+        if not math.isfinite(steps) or steps + 1 > MAX_SCALES + 1e-9:
+            raise ConfigError(f"{where}: more than {MAX_SCALES} values; use a larger step or a shorter range")
+        # Rounding keeps -5:5:0.1 at 0.3, not 0.30000000000000004; adding 0.0 turns -0.0 into 0.0.
+        values = tuple(round(start + k * step, 12) + 0.0 for k in range(math.floor(steps + 1e-9) + 1))
+    else:
+        values = tuple(_scale_number(p, where) for p in text.split(","))
+        if len(values) > MAX_SCALES:
+            raise ConfigError(f"{where}: {len(values)} values; at most {MAX_SCALES}")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{where}: a value is repeated")
+    return values
+
+
+def _scale_number(text: str, where: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        value = math.nan
+    if not text.strip():
+        raise ConfigError(f"{where}: a value is missing; expected {SCALES_HELP}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: {text.strip()!r} is not a finite number; expected {SCALES_HELP}")
+    return value + 0.0
 
 
 def _describe(value: Any) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 
@@ -60,4 +61,115 @@ def predictions_figure(x: np.ndarray, y: np.ndarray, preds: dict[str, np.ndarray
         if i == 0:
             ax.legend(fontsize="small")
     fig.suptitle(title)
+    return fig
+
+
+# ---- gradient flow ----------------------------------------------------------------------
+# Exact zeros and inf/nan have no place on a log axis: they are left off the curves and
+# colour maps and marked instead (zeros at the bottom, inf/nan at the top; white and black
+# cells in heat maps), so that no invented value is drawn.
+
+def _mark_extremes(ax, t: np.ndarray, values: np.ndarray, color: str) -> None:
+    """Markers on the bottom edge where ``values`` is exactly 0, on the top edge where it is inf or nan."""
+    edge = ax.get_xaxis_transform()  # x in data units, y in axes units
+    zero, bad = values == 0, ~np.isfinite(values)
+    if zero.any():
+        ax.plot(t[zero], np.full(zero.sum(), 0.02), "v", color=color, transform=edge, clip_on=False)
+    if bad.any():
+        ax.plot(t[bad], np.full(bad.sum(), 0.98), "x", color=color, transform=edge, clip_on=False)
+
+
+def _log_line(ax, t: np.ndarray, values: np.ndarray, **style) -> None:
+    shown = np.where(np.isfinite(values) & (values > 0), values, np.nan)
+    (line,) = ax.plot(t, shown, marker=".", **style)
+    _mark_extremes(ax, t, values, line.get_color())
+
+
+def gradscan_figure(seq_len: int, curves: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]],
+                    title: str) -> Figure:
+    """The notebook's two panels: ||h_t|| and ||dLoss/dh_t|| (log scale) per timestep, time running right to left.
+
+    ``curves``: (label, hidden_norm (T,), grad_norm (T,), cell_grad_norm (T,) or None) per line.
+    """
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    t = np.arange(1, seq_len + 1)
+    for k, (label, hidden, grad, cell) in enumerate(curves):
+        ax1.plot(t, np.where(np.isfinite(hidden), hidden, np.nan), marker=".", color=f"C{k % 10}", label=label)
+        _mark_extremes(ax1, t, np.where(np.isfinite(hidden), 1.0, hidden), f"C{k % 10}")
+        _log_line(ax2, t, grad, color=f"C{k % 10}", label=label)
+        if cell is not None:
+            _log_line(ax2, t, cell, color=f"C{k % 10}", linestyle="--", label=f"{label}, dL/dc_t")
+    ax1.set_title("RNN outputs")
+    ax1.set_ylabel("hidden state norm ||h_t||")
+    ax2.set_title("gradients (v: exactly 0, x: inf or nan)")
+    ax2.set_ylabel("||dLoss/dh_t||")
+    if np.isfinite(ax2.get_ylim()).all() and ax2.has_data():
+        ax2.set_yscale("log")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("unroll timestep t")
+        ax.set_xlim(seq_len + 0.5, 0.5)  # gradients flow from the last step back to the first
+        ax.grid(True, which="both", alpha=0.3)
+    ax2.legend(fontsize="small")
+    fig.suptitle(title)
+    return fig
+
+
+def log_heatmap_figure(panels: list[tuple[str, np.ndarray, np.ndarray]], row_name: str, title: str,
+                       columns: int = 2) -> Figure:
+    """One colour map per panel of log10 of ``values`` (R, T): rows labelled by ``row_values`` (R,), columns timesteps.
+
+    ``panels``: (panel title, row_values (R,), values (R, T)). White cells are exactly 0, black ones inf or nan.
+    """
+    columns = min(columns, len(panels))
+    rows = (len(panels) + columns - 1) // columns
+    fig = Figure(figsize=(5.5 * columns, 3.8 * rows), layout="constrained")
+    finite = [np.log10(v[np.isfinite(v) & (v > 0)]) for _, _, v in panels]
+    finite = np.concatenate(finite) if finite else np.array([])
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    for i, (panel_title, row_values, values) in enumerate(panels):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        r, seq_len = values.shape
+        ok = np.isfinite(values) & (values > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            image = np.ma.masked_where(~ok, np.log10(np.where(ok, values, 1.0)))
+        extent = (0.5, seq_len + 0.5, -0.5, r - 0.5)
+        mesh = ax.imshow(image, aspect="auto", origin="lower", extent=extent, cmap="viridis", vmin=lo,
+                         vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+        bad = ~np.isfinite(values)
+        if bad.any():
+            ax.imshow(np.ma.masked_where(~bad, np.ones_like(values)), aspect="auto", origin="lower", extent=extent,
+                      cmap="gray", vmin=0, vmax=2, interpolation="nearest")
+        ticks = np.unique(np.linspace(0, r - 1, min(r, 9)).round().astype(int))
+        ax.set_yticks(ticks, [f"{row_values[j]:g}" for j in ticks])
+        ax.set_xlabel("timestep t")
+        ax.set_ylabel(row_name)
+        ax.set_title(panel_title, fontsize="medium")
+        fig.colorbar(mesh, ax=ax, label="log10 norm")
+    fig.suptitle(title + "  (white: exactly 0, black: inf or nan)")
+    return fig
+
+
+def ratio_figure(weight_scales: np.ndarray, lines: list[tuple[str, np.ndarray]], bound: np.ndarray | None,
+                 title: str) -> Figure:
+    """log10(||dL/dh_1|| / ||dL/dh_T||) against the weight scale, one line per ``(label, ratio (W,))``;
+    ``bound`` (W,) is log10 sigma_max^(T-1), drawn dashed. -inf (a zero first gradient) and nan are left off."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    many = len(lines) > 10  # then a colour ramp, and only the first and last line in the legend
+    for k, (label, ratio) in enumerate(lines):
+        color = colormaps["coolwarm"](k / max(1, len(lines) - 1)) if many else f"C{k}"
+        shown = np.where(np.isfinite(ratio), ratio, np.nan)
+        ax.plot(weight_scales, shown, color=color, linewidth=0.8 if many else 1.5,
+                label=label if not many or k in (0, len(lines) - 1) else None)
+        _mark_extremes(ax, weight_scales, np.where(np.isneginf(ratio), 0.0, np.where(np.isfinite(ratio), 1.0, ratio)),
+                       color)
+    if bound is not None:
+        ax.plot(weight_scales, bound, "k--", linewidth=1.5, label="log10 sigma_max^(T-1) (bound)")
+    ax.axhline(0, color="0.5", linewidth=0.8)
+    ax.set_xlabel("weight scale")
+    ax.set_ylabel("log10 ||dL/dh_1|| / ||dL/dh_T||")
+    ax.set_title(title + "\n(v: first gradient exactly 0, x: inf or nan)", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
     return fig

@@ -24,6 +24,14 @@ SUMMARY = "summary.json"
 CHECKPOINT = "model.pt"
 LOSS_PLOT = "loss.png"
 PREDICTIONS_PLOT = "predictions.png"
+GRADNORMS = "gradnorms.csv"  # train: the probe batch's gradient norms during training
+GRADNORMS_PLOT = "gradnorms.png"
+GRADIENTS = "gradients.csv"  # gradscan: per setting, layer and timestep
+SCAN = "scan.csv"  # gradscan: per setting and layer
+INPUTS = "inputs.pt"
+GRADSCAN_PLOT = "gradscan.png"
+HEATMAP_PLOT = "heatmap.png"
+RATIO_PLOT = "ratio.png"
 
 
 _UMASK = os.umask(0)
