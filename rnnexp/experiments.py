@@ -14,13 +14,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import __version__, data, models, plots, runs
+from . import __version__, data, gradients, models, plots, runs
 from .config import Config, UserError, config_to_dict, config_to_yaml
 from .train import History, evaluate, make_optimizer, train
 
 NUM_PLOTTED = 4  # held-out sequences drawn in predictions.png, as in the notebook
 FINAL_LOSS_WINDOW = 100  # final_train_loss is the mean of this many last batches
 FLUSH_EVERY = 500  # steps between writes of metrics.csv during training
+PROBE_SEQUENCES = 32  # held-out sequences whose gradient norms gradnorms.csv follows
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,8 @@ def train_into(run_dir: Path, config: Config, device: torch.device, argv: list[s
     model = build_seeded_model(config, config.name).to(device)
     optimizer = make_optimizer(model, config.train.lr)
     history = History()
+    probe = gradients.GradLog(*(v[:PROBE_SEQUENCES].to(device) for v in eval_set(config)), config.train.target)
+    probe.record(model, 0)
     # Written only now, right before training, so that a Ctrl-C that comes earlier leaves an
     # empty folder (which the caller removes) and one that comes later an interrupted run.
     runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
@@ -135,6 +138,8 @@ def train_into(run_dir: Path, config: Config, device: torch.device, argv: list[s
             report(step, loss)
         if (step + 1) % FLUSH_EVERY == 0:
             _write_metrics(run_dir, history.losses)
+        if (step + 1) % config.log.grad_every == 0:
+            probe.record(model, step + 1)
 
     start = time.perf_counter()
     try:
@@ -143,6 +148,8 @@ def train_into(run_dir: Path, config: Config, device: torch.device, argv: list[s
     except KeyboardInterrupt:
         history.status, history.message = "interrupted", f"interrupted at step {len(history.losses)}"
     train_s = time.perf_counter() - start
+    probe.record(model, len(history.losses))
+    _write_gradnorms(run_dir, config, probe)
     result = _finish(run_dir, config, model, history, train_s)
     meta.update(status=history.status, ended=now_iso(), wall_s=round(time.perf_counter() - started, 3),
                 message=history.message)
@@ -152,6 +159,19 @@ def train_into(run_dir: Path, config: Config, device: torch.device, argv: list[s
 
 def _write_metrics(run_dir: Path, losses: list[float]) -> None:
     runs.write_csv(run_dir / runs.METRICS, ["step", "loss"], enumerate(losses))
+
+
+def _write_gradnorms(run_dir: Path, config: Config, probe: gradients.GradLog) -> None:
+    """gradnorms.csv (step, layer, timestep, grad_norm[, cell_grad_norm]) and gradnorms.png, one panel per layer."""
+    grad = np.stack(probe.grad_norm)  # (steps, L, T)
+    cell = np.stack(probe.cell_grad_norm) if probe.cell_grad_norm else None
+    rows = ([step, layer, t + 1, grad[i, layer, t].item()] + ([cell[i, layer, t].item()] if cell is not None else [])
+            for i, step in enumerate(probe.steps) for layer in range(grad.shape[1]) for t in range(grad.shape[2]))
+    runs.write_csv(run_dir / runs.GRADNORMS, ["step", "layer", "timestep", "grad_norm"] + ["cell_grad_norm"] * (
+        cell is not None), rows)
+    panels = [(f"layer {layer}", np.array(probe.steps), grad[:, layer]) for layer in range(grad.shape[1])]
+    title = f"{config.name}: log10 ||dLoss/dh_t|| on {probe.x.shape[0]} held-out sequences, target {config.train.target}"
+    runs.write_figure(run_dir / runs.GRADNORMS_PLOT, plots.log_heatmap_figure(panels, "training step", title))
 
 
 def _finish(run_dir: Path, config: Config, model: torch.nn.Module, history: History, train_s: float) -> TrainResult:

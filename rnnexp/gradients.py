@@ -11,7 +11,7 @@ Returns numbers, never files.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -98,6 +98,10 @@ def grad_flow(model: models.RecurrentRegressionModel, x: torch.Tensor, y: torch.
     finally:
         for layer, on in zip(layers, was_tracking):
             layer.track_hidden = on
+            # The kept states belong to the vmapped copies: drop them (and their graph) with the scan.
+            layer.h_list = []
+            if isinstance(layer, models.LSTMLayer):
+                layer.c_list = []
     joined = {key: None if parts[0][key] is None else np.concatenate([p[key] for p in parts]) for key in parts[0]}
     return GradFlow(np.asarray(weight_scales, dtype=float), np.asarray(bias_scales, dtype=float), **joined)
 
@@ -134,3 +138,24 @@ def _flow_chunk(model, layers, base: dict[str, torch.Tensor], x, y, target: str,
         out["spectral_radius"] = torch.linalg.eigvals(w_hh).abs().amax(dim=-1).cpu().numpy().astype(np.float64)
         out["sigma_max"] = torch.linalg.svdvals(w_hh)[..., 0].cpu().numpy().astype(np.float64)
     return out
+
+
+@dataclass
+class GradLog:
+    """The gradient norms of one fixed probe batch during a training, one (L, T) table per recorded step."""
+    x: torch.Tensor  # (B, T, I), on the model's device
+    y: torch.Tensor  # (B, T, O)
+    target: str
+    steps: list[int] = field(default_factory=list)
+    grad_norm: list[np.ndarray] = field(default_factory=list)  # each (L, T)
+    cell_grad_norm: list[np.ndarray] = field(default_factory=list)  # each (L, T), LSTMs only
+
+    def record(self, model: models.RecurrentRegressionModel, step: int) -> None:
+        """Add the model's norms as they are after ``step`` optimizer steps (once per step)."""
+        if self.steps and self.steps[-1] == step:
+            return
+        flow = grad_flow(model, self.x, self.y, self.target)
+        self.steps.append(step)
+        self.grad_norm.append(flow.grad_norm[0])
+        if flow.cell_grad_norm is not None:
+            self.cell_grad_norm.append(flow.cell_grad_norm[0])

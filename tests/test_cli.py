@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from rnnexp.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_FILES = {"config.yaml", "meta.json", "metrics.csv", "summary.json", "loss.png", "predictions.png", "model.pt"}
+TRAIN_FILES = {"config.yaml", "meta.json", "metrics.csv", "summary.json", "loss.png", "predictions.png", "model.pt",
+               "gradnorms.csv", "gradnorms.png"}
 runner = CliRunner()
 
 
@@ -21,7 +22,7 @@ def _train(tmp_path, *args):
 
 def test_train_writes_a_complete_run(tmp_path):
     result = _train(tmp_path, "--config", str(ROOT / "configs" / "lstm_2_layer.yaml"), "train.num_batches=30",
-                    "train.target=last", "--device", "cpu")
+                    "train.target=last", "--device", "cpu", "log.grad_every=12")
     assert result.exit_code == 0, result.output
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert run_dir.parent == tmp_path / "runs" and run_dir.name.endswith("_lstm_2_layer")
@@ -29,6 +30,7 @@ def test_train_writes_a_complete_run(tmp_path):
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["model"] == {"type": "lstm", "num_layers": 2, "hidden_size": 32, "nonlinearity": "tanh"}
+    assert config["log"] == {"grad_every": 12}
     assert config["train"]["num_batches"] == 30 and config["train"]["target"] == "last" and config["device"] == "cpu"
 
     rows = list(csv.reader((run_dir / "metrics.csv").open()))
@@ -50,7 +52,12 @@ def test_train_writes_a_complete_run(tmp_path):
 
     model = build_model("lstm", 1, 32, 2)
     model.load_state_dict(checkpoint["state_dict"])
-    for png in ("loss.png", "predictions.png"):
+    # The probe: at step 0, every log.grad_every (here 12) batches and at the end, per layer and timestep.
+    rows = list(csv.reader((run_dir / "gradnorms.csv").open()))
+    assert rows[0] == ["step", "layer", "timestep", "grad_norm", "cell_grad_norm"]
+    assert sorted({int(r[0]) for r in rows[1:]}) == [0, 12, 24, 30] and len(rows) == 1 + 4 * 2 * 10
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows[1:])
+    for png in ("loss.png", "predictions.png", "gradnorms.png"):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -69,6 +76,8 @@ BAD_INPUTS = [
     (["model.hiden_size=3"], "unknown key (did you mean 'model.hidden_size'?)"),
     (["train.lr"], "override 'train.lr': expected key=value"),
     (["--device", "tpu"], "device = 'tpu': expected one of auto, cpu, cuda"),
+    (["log.grad_every=0"], "log.grad_every = 0: expected an integer >= 1"),
+    (["log.grad_evry=5"], "log.grad_evry: unknown key (did you mean 'log.grad_every'?)"),
 ]
 
 

@@ -11,7 +11,8 @@ from rnnexp.cli import app
 from rnnexp.config import CompareConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SUB_FILES = {"config.yaml", "meta.json", "metrics.csv", "summary.json", "loss.png", "predictions.png", "model.pt"}
+SUB_FILES = {"config.yaml", "meta.json", "metrics.csv", "summary.json", "loss.png", "predictions.png", "model.pt",
+             "gradnorms.csv", "gradnorms.png"}
 SMALL = ["train.num_batches=12", "eval.num_sequences=16", "train.batch_size=4"]
 runner = CliRunner()
 

@@ -73,6 +73,7 @@ BAD = [
     ("", ["nosuch.key=1"], "c.yaml (with overrides): nosuch: unknown key"),
     ("", ["train.lr=fast"], "c.yaml (with overrides): train.lr = 'fast': expected a number > 0"),
     ("", ["seed=-1"], "c.yaml (with overrides): seed = -1: expected an integer >= 0"),
+    ("log:\n  grad_every: 2.5\n", [], "c.yaml: log.grad_every = 2.5: expected an integer >= 1"),
 ]
 
 
