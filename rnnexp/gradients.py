@@ -124,7 +124,7 @@ def _flow_chunk(model, layers, base: dict[str, torch.Tensor], x, y, target: str,
     num_layers, seq_len = len(layers), x.shape[1]
 
     def table(states) -> np.ndarray:  # L*T tensors (K, B, H) -> (K, L, T)
-        norms = torch.stack([grad_norm(s.detach()) for s in states], dim=1)  # (K, L*T)
+        norms = grad_norm(torch.stack([s.detach() for s in states], dim=1))  # (K, L*T)
         return norms.reshape(-1, num_layers, seq_len).cpu().numpy().astype(np.float64)
 
     out = {"loss": loss.detach().cpu().numpy().astype(np.float64), "hidden_norm": table(hs),
