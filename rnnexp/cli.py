@@ -184,7 +184,19 @@ def gradscan(
     from .gradscan import run_gradscan
 
     result = run_gradscan(cfg, runs_dir, sys.argv)
+    out.print(_gradscan_table(result))
     flow = result.flow
+    num_settings = len(flow.loss)
+    overflowed = int((~np.isfinite(flow.grad_norm)).any(axis=(1, 2)).sum())
+    if overflowed:
+        err.print(f"note: {overflowed} of {num_settings} setting(s) overflowed: their gradient norms include inf "
+                  "or nan (reported as such, left off the plots)", markup=False)
+    _finish("completed", "", result.run_dir)
+
+
+def _gradscan_table(result) -> Table:
+    """Per timestep for one setting; per setting (and layer) for a scan; long tables keep their ends."""
+    cfg, flow = result.config, result.flow
     num_settings, num_layers, seq_len = flow.grad_norm.shape
     lstm, rnn = flow.cell_grad_norm is not None, flow.spectral_radius is not None
     caption = f"{num_settings} setting(s) computed in {result.scan_s:.3f} s; every number is in gradients.csv and scan.csv"
@@ -227,12 +239,7 @@ def gradscan(
             table.add_row(*cells)
         elif i == half:
             table.add_row(*(["..."] * len(cells)))
-    out.print(table)
-    overflowed = int((~np.isfinite(flow.grad_norm)).any(axis=(1, 2)).sum())
-    if overflowed:
-        err.print(f"note: {overflowed} of {num_settings} setting(s) overflowed: their gradient norms include inf "
-                  "or nan (reported as such, left off the plots)", markup=False)
-    _finish("completed", "", result.run_dir)
+    return table
 
 
 def _finish(status: str, message: str, run_dir: Path) -> None:

@@ -104,7 +104,8 @@ def gradscan_figure(seq_len: int, curves: list[tuple[str, np.ndarray, np.ndarray
     ax1.set_ylabel("hidden state norm ||h_t||")
     ax2.set_title("gradients (v: exactly 0, x: inf or nan)")
     ax2.set_ylabel("||dLoss/dh_t||")
-    if np.isfinite(ax2.get_ylim()).all() and ax2.has_data():
+    drawn = [g for _, _, grad, cell in curves for g in (grad, cell) if g is not None]
+    if any((np.isfinite(g) & (g > 0)).any() for g in drawn):  # a log axis needs one positive number
         ax2.set_yscale("log")
     for ax in (ax1, ax2):
         ax.set_xlabel("unroll timestep t")

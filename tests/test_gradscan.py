@@ -140,3 +140,15 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_overflow_is_written_as_inf_or_nan_and_said(tmp_path):
+    result, run_dir = _gradscan(tmp_path, "--nonlinearity", "identity", "-w", "50", "--seq-len", "300",
+                                "--hidden-size", "4")
+    assert result.exit_code == 0, result.output
+    assert "note: 1 of 1 setting(s) overflowed" in result.stderr
+    rows = _rows(run_dir / "gradients.csv")
+    # ||h_t|| grows past float64's 1.8e308 to inf, then inf - inf is nan; so is every gradient.
+    hidden = [r["hidden_norm"] for r in rows]
+    assert float(hidden[0]) > 0 and "inf" in hidden and hidden[-1] == "nan"
+    assert {r["grad_norm"] for r in rows} == {"nan"}
