@@ -90,7 +90,7 @@ def _write_tables(run_dir: Path, flow: gradients.GradFlow) -> None:
                     yield row + [flow.cell_grad_norm[k, layer, t]] if lstm else row
 
     runs.write_csv(run_dir / runs.GRADIENTS, GRADIENT_COLUMNS + ["cell_grad_norm"] * lstm,
-                   (map(float_or_int, row) for row in gradient_rows()))
+                   (map(_plain_number, row) for row in gradient_rows()))
     ratio = flow.log10_ratio()
 
     def scan_rows():
@@ -101,10 +101,10 @@ def _write_tables(run_dir: Path, flow: gradients.GradFlow) -> None:
                 yield [flow.weight_scales[k], flow.bias_scales[k], layer, *spectra, flow.loss[k],
                        flow.grad_norm[k, layer, 0], flow.grad_norm[k, layer, -1], ratio[k, layer]]
 
-    runs.write_csv(run_dir / runs.SCAN, SCAN_COLUMNS, (map(float_or_int, row) for row in scan_rows()))
+    runs.write_csv(run_dir / runs.SCAN, SCAN_COLUMNS, (map(_plain_number, row) for row in scan_rows()))
 
 
-def float_or_int(value):
+def _plain_number(value):
     """numpy scalars as plain Python numbers, so the CSV holds ``0.5``, ``inf``, ``nan``, never ``np.float64(0.5)``."""
     return value.item() if isinstance(value, np.generic) else value
 
