@@ -100,10 +100,11 @@ def gradscan_figure(seq_len: int, curves: list[tuple[str, np.ndarray, np.ndarray
         _log_line(ax2, t, grad, color=f"C{k % 10}", label=label)
         if cell is not None:
             _log_line(ax2, t, cell, color=f"C{k % 10}", linestyle="--", label=f"{label}, dL/dc_t")
-    ax1.set_title("RNN outputs")
+    ax1.set_title("hidden states")
     ax1.set_ylabel("hidden state norm ||h_t||")
     ax2.set_title("gradients (v: exactly 0, x: inf or nan)")
-    ax2.set_ylabel("||dLoss/dh_t||")
+    has_cells = any(cell is not None for *_, cell in curves)
+    ax2.set_ylabel("||dLoss/dh_t||" + (" (dashed: ||dLoss/dc_t||)" if has_cells else ""))
     drawn = [g for _, _, grad, cell in curves for g in (grad, cell) if g is not None]
     if any((np.isfinite(g) & (g > 0)).any() for g in drawn):  # a log axis needs one positive number
         ax2.set_yscale("log")
