@@ -155,4 +155,4 @@ def _write_figures(run_dir: Path, config: GradScanConfig, flow: gradients.GradFl
         bound = np.where(np.isfinite(bound), bound, np.nan)
     lines = [(f"bias scale {b:g}", ratio[:, j]) for j, b in enumerate(bs)]
     runs.write_figure(run_dir / runs.RATIO_PLOT, plots.ratio_figure(
-        ws, lines, bound, f"first/last gradient ratio, layer {top}: {what}"))
+        ws, lines, bound, f"first/last gradient ratio, layer {top}:\n{what}"))
