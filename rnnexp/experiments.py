@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -58,11 +60,12 @@ def now_iso() -> str:
 
 
 def new_meta(seed: int, device: torch.device, argv: list[str]) -> dict[str, Any]:
-    """meta.json of a run that has just started."""
+    """meta.json of a run that has just started; ``pid`` and ``host`` tell a live run from a dead one."""
     return {
         "status": "running", "started": now_iso(), "ended": None, "wall_s": None, "seed": seed,
         "command": argv, "device": str(device), "rnnexp": __version__, "torch": torch.__version__,
         "python": platform.python_version(), "git_commit": _git_commit(),
+        "pid": os.getpid(), "host": socket.gethostname(),
     }
 
 
@@ -202,15 +205,23 @@ def _finish(run_dir: Path, config: Config, model: torch.nn.Module, history: Hist
     return TrainResult(run_dir, history.status, summary, history.message, losses, preview)
 
 
-def run_train(config: Config, runs_dir: Path, argv: list[str], show_progress: bool = True) -> TrainResult:
-    """``rnnexp train``: one model into a new run folder."""
+def run_train(config: Config, runs_dir: Path, argv: list[str], show_progress: bool = True,
+              run_dir: Path | None = None) -> TrainResult:
+    """``rnnexp train``: one model into a new run folder, or into exactly ``run_dir``.
+
+    A run for ``run_dir`` is trained in ``<run_dir>.partial`` and renamed to ``run_dir`` once it
+    has finished (completed or diverged), so ``run_dir`` exists only as a finished run.
+    """
     device = resolve_device(config.device)
-    run_dir = runs.create_run_dir(runs_dir, config.name)
+    into = runs.claim_run_dir(run_dir) if run_dir is not None else runs.create_run_dir(runs_dir, config.name)
     progress = Progress(config.train.num_batches, config.name, show_progress)
     try:
-        return train_into(run_dir, config, device, argv, progress.update)
+        result = train_into(into, config, device, argv, progress.update)
     except KeyboardInterrupt:
-        runs.remove_if_empty(run_dir)  # interrupted before anything was written
+        runs.remove_if_empty(into)  # interrupted before anything was written
         raise
     finally:
         progress.close()
+    if run_dir is not None and result.status in runs.FINISHED:
+        result = dataclasses.replace(result, run_dir=runs.publish_run_dir(into, run_dir))
+    return result

@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import os
+import shutil
+import socket
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +34,9 @@ INPUTS = "inputs.pt"
 GRADSCAN_PLOT = "gradscan.png"
 HEATMAP_PLOT = "heatmap.png"
 RATIO_PLOT = "ratio.png"
+# A run trained into a fixed folder (``--run-dir``) lives here until it has finished.
+PARTIAL_SUFFIX = ".partial"
+FINISHED = ("completed", "diverged")  # a run in one of these states is a result: never overwritten
 
 
 _UMASK = os.umask(0)
@@ -76,6 +81,84 @@ def remove_if_empty(run_dir: Path) -> None:
         Path(run_dir).rmdir()
     except OSError:  # not empty (or already gone): keep it
         pass
+
+
+def process_state(meta: dict) -> str:
+    """``alive``, ``gone`` or ``unknown`` for the process a meta.json names (its ``pid`` on its ``host``)."""
+    pid, host = meta.get("pid"), meta.get("host")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or host != socket.gethostname():
+        return "unknown"  # an older run without a pid, or one started on another machine
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:  # it exists, owned by someone else
+        return "alive"
+    return "alive"
+
+
+def partial_dir(run_dir: Path) -> Path:
+    """Where a run meant for ``run_dir`` is trained: ``<run_dir>.partial``."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(run_dir.name + PARTIAL_SUFFIX)
+
+
+def claim_run_dir(run_dir: Path) -> Path:
+    """A new, empty ``<run_dir>.partial`` to train into; publish_run_dir moves it to ``run_dir`` once finished.
+
+    An earlier attempt left in ``<run_dir>.partial`` (interrupted, crashed, killed) is removed; a
+    UserError if ``run_dir`` exists (a run is never overwritten) or another live process holds the claim.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() or run_dir.is_symlink():
+        status = _status_of(run_dir)
+        raise UserError(f"--run-dir {run_dir}: already exists{f' (status {status})' if status else ''}; "
+                        "a run folder is never overwritten: delete it to run this point again")
+    check_runs_dir(run_dir.parent)
+    partial = partial_dir(run_dir)
+    if partial.exists() and not partial.is_dir():
+        raise UserError(f"--run-dir {run_dir}: {partial} is a file, not a folder")
+    if partial.is_dir():
+        status = _status_of(partial)
+        meta = _read_meta(partial)
+        if status == "running" and process_state(meta) != "gone":
+            who = f"process {meta.get('pid')} on {meta.get('host')}" if "pid" in meta else "a process of unknown pid"
+            raise UserError(f"--run-dir {run_dir}: {partial} is being trained by {who}; "
+                            "delete that folder if it is not")
+        if status in FINISHED:
+            raise UserError(f"--run-dir {run_dir}: {partial} holds a {status} run not yet moved into place: "
+                            f"rename it to {run_dir.name} or delete it")
+        shutil.rmtree(partial)  # an attempt that did not finish: start the point afresh
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.mkdir()  # atomic: of two processes claiming one point, exactly one wins
+    except FileExistsError:
+        raise UserError(f"--run-dir {run_dir}: another process claimed {partial} just now") from None
+    except OSError as e:
+        raise UserError(f"--run-dir {run_dir}: cannot create {partial} ({e.strerror})") from None
+    return partial
+
+
+def publish_run_dir(partial: Path, run_dir: Path) -> Path:
+    """Move a finished run from its ``.partial`` folder to ``run_dir`` in one rename; returns ``run_dir``."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        raise UserError(f"--run-dir {run_dir}: appeared while training; the run stays in {partial}")
+    os.rename(partial, run_dir)
+    return run_dir
+
+
+def _read_meta(run_dir: Path) -> dict:
+    try:
+        meta = read_json(Path(run_dir) / META)
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _status_of(run_dir: Path) -> str | None:
+    status = _read_meta(run_dir).get("status")
+    return status if isinstance(status, str) else None
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
