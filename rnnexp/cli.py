@@ -5,8 +5,11 @@ imported inside the commands, so ``rnnexp --help`` answers at once.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
+import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -44,6 +47,9 @@ RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where run folders 
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help=f"One of {', '.join(DEVICES)}; overrides the config.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")]
+RunDirOpt = Annotated[Optional[Path], typer.Option(
+    "--run-dir", help="Train into exactly this folder instead of a new one under --runs-dir: trained in "
+                      "DIR.partial, renamed to DIR once finished; refused if DIR exists.")]
 
 
 def _print_version(value: bool) -> None:
@@ -103,12 +109,15 @@ def _with_device(overrides: list[str] | None, device: str | None) -> list[str]:
 @app.command()
 @user_errors
 def train(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsDirOpt = Path("runs"),
-          device: DeviceOpt = None, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+          device: DeviceOpt = None, quiet: QuietOpt = False, debug: DebugOpt = False,
+          run_dir: RunDirOpt = None) -> None:
     """Train one model; writes a new run folder and prints its path last."""
     cfg = load_config(config, _with_device(overrides, device))
+    if run_dir is not None and runs_dir != Path("runs"):
+        raise UserError(f"--run-dir {run_dir} and --runs-dir {runs_dir}: give one of them")
     from .experiments import run_train
 
-    result = run_train(cfg, runs_dir, sys.argv, show_progress=not quiet)
+    result = run_train(cfg, runs_dir, sys.argv, show_progress=not quiet, run_dir=run_dir)
     s = result.summary
     table = Table(title=f"{cfg.name} ({result.status})", show_header=False)
     table.add_column(style="bold")
@@ -240,6 +249,87 @@ def _gradscan_table(result) -> Table:
         elif i == half:
             table.add_row(*(["..."] * len(cells)))
     return table
+
+
+@app.command("runs")
+@user_errors
+def list_runs(
+    folder: Annotated[Path, typer.Argument(help="Folder to search for runs, at any depth.")] = Path("runs"),
+    sort: Annotated[Optional[str], typer.Option("--sort", help="Column to sort by (default: folder).")] = None,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Sort in descending order.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout instead of the table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout instead of the table.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write eval MSE against the swept parameter "
+                                                 "(mean and spread across seeds) to this PNG.")] = None,
+    x: Annotated[Optional[str], typer.Option("--x", help="The swept parameter for --plot, e.g. train.lr "
+                                             "(default: the numeric one with the most values).")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """List every run under FOLDER: status, the hyperparameters that differ, losses, wall time."""
+    from .catalog import find_runs, plot_sweep
+
+    if as_csv and as_json:
+        raise UserError("--csv and --json: give one of them")
+    if plot is not None and (as_csv or as_json):
+        raise UserError("--plot prints the sweep table and the plot's path: leave out --csv / --json")
+    catalog = find_runs(folder)
+    columns, rows = catalog.columns(), catalog.rows(sort, reverse)
+    sweep = catalog.sweep(x) if plot is not None else None
+    for skipped in catalog.skipped:
+        err.print(f"warning: skipped {skipped.folder}: {skipped.reason}", markup=False)
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([_csv_value(r[c]) for c in columns] for r in rows)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps([{c: _json_value(r[c]) for c in columns} for r in rows], indent=2) + "\n")
+        return
+    table = Table(title=f"{len(rows)} runs under {folder}")
+    for c in columns:
+        table.add_column(c, justify="left" if c in ("folder", "name", "status", "model") else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(*(_cell(c, r[c]) for c in columns))
+    _print_wide(table)
+    if sweep is None:
+        return
+    table = Table(title=f"eval MSE by {sweep.x}: mean, std and range over seeds")
+    for c in ("model", sweep.x, "n", "mean", "std", "min", "max"):
+        table.add_column(c, justify="left" if c == "model" else "right", no_wrap=True)
+    best = {}
+    for p in sweep.points:
+        best[p.group] = min(best.get(p.group, p.mean), p.mean)
+    for p in sweep.points:
+        mark = " *" if p.mean == best[p.group] else ""
+        table.add_row(p.group, format(p.x, "g"), str(p.n), _fmt(p.mean) + mark, _fmt(p.std), _fmt(min(p.values)),
+                      _fmt(max(p.values)), style="bold" if mark else None)
+    _print_wide(table)
+    out.print(f"* lowest mean per model; {len(sweep.left_out)} runs without an eval MSE left out", markup=False)
+    out.print(str(plot_sweep(sweep, plot, f"{folder}: eval MSE against {sweep.x}")), markup=False)
+
+
+def _print_wide(table: Table) -> None:
+    """Print a table; piped, at its full width rather than squeezed into the console's 120 columns."""
+    from rich.measure import Measurement
+
+    width = Measurement.get(out, out.options.update_width(10_000), table).maximum
+    console = out if out.is_terminal or width <= out.width else Console(highlight=False, soft_wrap=True, width=width)
+    console.print(table)
+
+
+def _cell(column: str, value) -> str:
+    if isinstance(value, float):
+        return _fmt(value, ".1f" if column == "wall_s" else ".4g")
+    return "-" if value is None else str(value)
+
+
+def _csv_value(value):
+    return "" if value is None else value
+
+
+def _json_value(value):
+    """Strict JSON: a non-finite number (a diverged run's loss) is null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _finish(status: str, message: str, run_dir: Path) -> None:
