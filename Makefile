@@ -39,3 +39,6 @@ test: setup
 clean:
 	rm -rf $(VENV) build *.egg-info rnnexp.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Parallel sweeps (make -j2 sweep-lr, make -j2 sweep-gradscan): the grids and rules are in sweeps.mk.
+include sweeps.mk

@@ -104,8 +104,7 @@ class Catalog:
     def sweep(self, x: str | None = None) -> Sweep:
         """eval MSE per group and value of ``x`` (default: the numeric varying key with the most values)."""
         varying = self.varying()
-        numeric = [k for k in varying if k != REPEAT_KEY and all(
-            _is_number(r.params.get(k)) for r in self.runs)]
+        numeric = [k for k in varying if k != REPEAT_KEY and all(_is_number(r.params.get(k)) for r in self.runs)]
         if x is None:
             if not numeric:
                 raise UserError(f"{self.root}: no numeric hyperparameter differs across these runs, nothing to plot "
@@ -116,8 +115,13 @@ class Catalog:
             if len(best) > 1:
                 raise UserError(f"{self.root}: {' and '.join(best)} both vary; choose one with --x KEY")
             x = best[0]
-        elif x not in numeric:
-            raise UserError(f"--x {x}: expected one of {', '.join(numeric) or '(none: no numeric key varies)'}")
+        elif x == REPEAT_KEY:
+            raise UserError(f"--x {x}: the spread is taken over {REPEAT_KEY}s; choose the swept parameter")
+        elif not self.runs or not all(_is_number(r.params.get(x)) for r in self.runs):
+            # A key that does not vary is fine: a sweep may be cut down to one value of it.
+            keys = [k for k in self.runs[0].params if k != REPEAT_KEY and all(
+                _is_number(r.params.get(k)) for r in self.runs)] if self.runs else []
+            raise UserError(f"--x {x}: not a number in every run here; expected one of {', '.join(keys) or '(none)'}")
         grouping = [k for k in varying if k not in (x, REPEAT_KEY)]
         values: dict[tuple[str, float], list[float]] = {}
         left_out = []
@@ -152,7 +156,8 @@ def find_runs(root: Path) -> Catalog:
 def _walk(folder: Path, root: Path, found: list[RunRecord], skipped: list[Skipped], inside_run: bool) -> bool:
     """Collect the runs at and under ``folder``; True if it or anything under it is a run folder."""
     try:
-        subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        subdirs = [p for p in entries if p.is_dir()]
         is_run = (folder / runs.META).exists()
     except OSError as e:
         skipped.append(Skipped(folder, f"cannot read the folder ({e.strerror or e})"))
@@ -165,7 +170,7 @@ def _walk(folder: Path, root: Path, found: list[RunRecord], skipped: list[Skippe
             found.append(read_run(folder, root))
         except _Damaged as e:
             skipped.append(Skipped(folder, str(e)))
-    elif not is_run and not subdirs and not inside_run and folder != root:
+    elif not is_run and entries and not subdirs and not inside_run:  # empty folders are not worth a word
         skipped.append(Skipped(folder, f"not a run folder (no {runs.META})"))
     return is_run or has_runs
 
