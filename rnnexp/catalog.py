@@ -102,27 +102,9 @@ class Catalog:
         return present + [r for r in rows if _blank(r[column])]  # blanks last either way
 
     def sweep(self, x: str | None = None) -> Sweep:
-        """eval MSE per group and value of ``x`` (default: the numeric varying key with the most values)."""
-        varying = self.varying()
-        numeric = [k for k in varying if k != REPEAT_KEY and all(_is_number(r.params.get(k)) for r in self.runs)]
-        if x is None:
-            if not numeric:
-                raise UserError(f"{self.root}: no numeric hyperparameter differs across these runs, nothing to plot "
-                                f"against (differing: {', '.join(varying) or 'none'})")
-            counts = {k: len({r.params[k] for r in self.runs}) for k in numeric}
-            most = max(counts.values())
-            best = [k for k in numeric if counts[k] == most]
-            if len(best) > 1:
-                raise UserError(f"{self.root}: {' and '.join(best)} both vary; choose one with --x KEY")
-            x = best[0]
-        elif x == REPEAT_KEY:
-            raise UserError(f"--x {x}: the spread is taken over {REPEAT_KEY}s; choose the swept parameter")
-        elif not self.runs or not all(_is_number(r.params.get(x)) for r in self.runs):
-            # A key that does not vary is fine: a sweep may be cut down to one value of it.
-            keys = [k for k in self.runs[0].params if k != REPEAT_KEY and all(
-                _is_number(r.params.get(k)) for r in self.runs)] if self.runs else []
-            raise UserError(f"--x {x}: not a number in every run here; expected one of {', '.join(keys) or '(none)'}")
-        grouping = [k for k in varying if k not in (x, REPEAT_KEY)]
+        """eval MSE of the completed runs per group (model) and value of ``x``; see swept_key for the default."""
+        x = self.swept_key(x)
+        grouping = [k for k in self.varying() if k not in (x, REPEAT_KEY)]
         values: dict[tuple[str, float], list[float]] = {}
         left_out = []
         for r in self.runs:
@@ -135,6 +117,27 @@ class Catalog:
             raise UserError(f"{self.root}: no completed run with an eval MSE to plot")
         points = tuple(SweepPoint(g, v, tuple(vals)) for (g, v), vals in sorted(values.items()))
         return Sweep(x, points, tuple(left_out))
+
+    def swept_key(self, x: str | None = None) -> str:
+        """``x`` if it is a number in every run, else a UserError; None: the numeric varying key with the most values."""
+        numbers = [k for k in (self.runs[0].params if self.runs else {}) if k != REPEAT_KEY and all(
+            _is_number(r.params.get(k)) for r in self.runs)]
+        if x == REPEAT_KEY:
+            raise UserError(f"--x {x}: the spread is taken over {REPEAT_KEY}s; choose the swept parameter")
+        if x is not None:  # one that does not vary is fine: a sweep may be cut down to one value of it
+            if x not in numbers:
+                raise UserError(f"--x {x}: not a number in every run here; expected one of "
+                                f"{', '.join(numbers) or '(none)'}")
+            return x
+        varying = self.varying()
+        counts = {k: len({r.params[k] for r in self.runs}) for k in varying if k in numbers}
+        if not counts:
+            raise UserError(f"{self.root}: no numeric hyperparameter differs across these runs, nothing to plot "
+                            f"against (differing: {', '.join(varying) or 'none'}); name one with --x KEY")
+        most = [k for k, n in counts.items() if n == max(counts.values())]
+        if len(most) > 1:
+            raise UserError(f"{self.root}: {' and '.join(most)} both vary; choose one with --x KEY")
+        return most[0]
 
 
 _MISSING = object()
@@ -262,7 +265,7 @@ def plot_sweep(sweep: Sweep, path: Path, title: str) -> Path:
         raise UserError(f"--plot {path}: expected a file name ending in .png")
     if not path.parent.is_dir():
         raise UserError(f"--plot {path}: folder {path.parent} does not exist")
-    groups: dict[str, list[tuple[float, float, float, list[float]]]] = {}
+    groups: dict[str, list[tuple[float, float, list[float]]]] = {}
     for p in sweep.points:
-        groups.setdefault(p.group, []).append((p.x, p.mean, p.std, list(p.values)))
+        groups.setdefault(p.group, []).append((p.x, p.mean, list(p.values)))
     return runs.write_figure(path, plots.sweep_figure(groups, sweep.x, title))

@@ -173,30 +173,35 @@ def ratio_figure(weight_scales: np.ndarray, lines: list[tuple[str, np.ndarray]],
     ax.set_ylabel("log10 ||dL/dh_1|| / ||dL/dh_T||")
     ax.set_title(title + "\n(v: first gradient exactly 0, x: inf or nan)", fontsize="medium")
     ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
 
 
-def sweep_figure(groups: dict[str, list[tuple[float, float, float, list[float]]]], x_label: str,
-                 title: str) -> Figure:
-    """eval MSE against the swept value, one line per group: the mean with +-std error bars, each seed a dot.
+def sweep_figure(groups: dict[str, list[tuple[float, float, list[float]]]], x_label: str, title: str) -> Figure:
+    """eval MSE against the swept value, one line per group: the mean, a bar from the lowest to the highest
+    seed (a range stays positive on the log axis, unlike mean - std), and each seed a dot.
 
-    ``groups`` maps a label to (x, mean, std, every seed's value) tuples sorted by x.
+    ``groups`` maps a label to (x, mean, every seed's value) tuples sorted by x.
     """
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     xs = [p[0] for points in groups.values() for p in points]
     for k, (label, points) in enumerate(groups.items()):
         color = f"C{k}"
-        x, mean, std = (np.array([p[i] for p in points], dtype=float) for i in range(3))
-        seeds = max(len(p[3]) for p in points)
-        ax.errorbar(x, mean, yerr=std, color=color, marker="o", capsize=3, linewidth=1.6,
-                    label=f"{label} (n={seeds})")
-        for xi, _, _, values in points:
+        x = np.array([p[0] for p in points], dtype=float)
+        mean = np.array([p[1] for p in points], dtype=float)
+        low = np.array([min(p[2]) for p in points], dtype=float)
+        high = np.array([max(p[2]) for p in points], dtype=float)
+        seeds = max(len(p[2]) for p in points)
+        ax.errorbar(x, mean, yerr=np.stack([mean - low, high - mean]), color=color, marker="o", capsize=3,
+                    linewidth=1.6, label=f"{label} (n={seeds})")
+        for xi, _, values in points:
             ax.plot([xi] * len(values), values, linestyle="none", marker=".", color=color, alpha=0.35)
     if xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(x_label)
-    ax.set_ylabel("eval MSE (mean +- std over seeds)")
+    ax.set_ylabel("eval MSE (mean; bar: min to max over seeds)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
