@@ -8,8 +8,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import io
 import json
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -277,13 +279,19 @@ def list_runs(
     sweep = catalog.sweep(x) if plot is not None else None
     for skipped in catalog.skipped:
         err.print(f"warning: skipped {skipped.folder}: {skipped.reason}", markup=False)
-    if as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([_csv_value(r[c]) for c in columns] for r in rows)
-        return
-    if as_json:
-        sys.stdout.write(json.dumps([{c: _json_value(r[c]) for c in columns} for r in rows], indent=2) + "\n")
+    if as_csv or as_json:
+        buf = io.StringIO()
+        if as_csv:
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows([_csv_value(r[c]) for c in columns] for r in rows)
+        else:
+            buf.write(json.dumps([{c: _json_value(r[c]) for c in columns} for r in rows], indent=2) + "\n")
+        try:
+            sys.stdout.write(buf.getvalue())
+            sys.stdout.flush()
+        except BrokenPipeError:  # `rnnexp runs --csv | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     table = Table(title=f"{len(rows)} runs under {folder}")
     for c in columns:
