@@ -293,7 +293,7 @@ def list_runs(
         except BrokenPipeError:  # `rnnexp runs --csv | head`: the reader has all it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
-    table = Table(title=f"{len(rows)} runs under {folder}")
+    table = Table(title=f"{len(rows)} run{'' if len(rows) == 1 else 's'} under {folder}")
     for c in columns:
         table.add_column(c, justify="left" if c in ("folder", "name", "status", "model") else "right", no_wrap=True)
     for r in rows:

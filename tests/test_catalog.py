@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from rnnexp.cli import app
 
-TRAIN_FILES = {"config.yaml", "meta.json", "metrics.csv", "summary.json", "loss.png", "predictions.png", "model.pt"}
+from test_cli import TRAIN_FILES  # the files of a complete train run, listed once
+
 TINY = ["model.hidden_size=4", "train.num_batches=12", "train.batch_size=4", "eval.num_sequences=16"]
 LRS, SEEDS = ("1e-3", "1e-2"), (0, 1)
 runner = CliRunner()

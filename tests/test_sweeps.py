@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from test_cli import TRAIN_FILES  # the files of a complete train run, listed once
+
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_FILES = {"config.yaml", "meta.json", "metrics.csv", "summary.json", "loss.png", "predictions.png", "model.pt"}
 TINY = "train.num_batches=10 train.batch_size=4 model.hidden_size=4 eval.num_sequences=16"
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
@@ -109,3 +110,16 @@ def test_sweep_gradscan_moves_each_finished_scan_into_its_point_folder(repo):
     assert not [line for line in result.stdout.splitlines() if line.startswith("gradscan ")]  # nothing left to do
     # The failed scans stay visible, in their .partial folders.
     assert "6 runs under runs/sweeps/gradscan" in result.stdout and "identity_seed0.partial/" in result.stdout
+
+
+def test_sweep_gradscan_with_the_real_command(repo):
+    result = _make(repo, "sweep-gradscan", "GRADSCAN_NONLINEARITIES=relu", "GRADSCAN_SEEDS=3",
+                   "GRADSCAN_WEIGHT_SCALES=-1,0,1", "GRADSCAN_ARGS=--hidden-size 4")
+    assert result.returncode == 0, result.stderr
+    point = repo / "runs" / "sweeps" / "gradscan" / "relu_seed3"
+    assert sorted(p.name for p in point.parent.iterdir()) == ["relu_seed3"]
+    assert {"config.yaml", "meta.json", "scan.csv", "gradients.csv", "model.pt", "inputs.pt"} <= {
+        p.name for p in point.iterdir()}
+    assert [line.split(",")[0] for line in (point / "scan.csv").read_text().splitlines()[1:]] == ["-1.0", "0.0", "1.0"]
+    assert "seed: 3" in (point / "config.yaml").read_text() and "nonlinearity: relu" in (point / "config.yaml").read_text()
+    assert "1 run under runs/sweeps/gradscan" in result.stdout
