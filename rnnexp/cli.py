@@ -49,6 +49,10 @@ RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where run folders 
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help=f"One of {', '.join(DEVICES)}; overrides the config.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")]
+ResumeOpt = Annotated[Optional[Path], typer.Option(
+    "--resume", help="Continue the interrupted, diverged or killed run in this folder from its last checkpoint, "
+                     "in place; overrides may change train.lr, train.clip_grad_norm, train.num_batches, "
+                     "log.grad_every, device.")]
 RunDirOpt = Annotated[Optional[Path], typer.Option(
     "--run-dir", help="Train into exactly this folder instead of a new one under --runs-dir: trained in "
                       "DIR.partial, renamed to DIR once finished; refused if DIR exists.")]
@@ -71,6 +75,33 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_print_ver
 def _on_sigterm(signum, frame):
     _received.append(signum)
     raise KeyboardInterrupt
+
+
+class _StopOnSignal:
+    """While a training runs: the first Ctrl-C or SIGTERM asks it to stop after the current step (it then
+    writes its results and checkpoint); a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame) -> None:
+        _received.append(signum)
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "_StopOnSignal":
+        for signum in EXIT_SIGNAL:
+            self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def user_errors(command: Callable) -> Callable:
@@ -112,16 +143,28 @@ def _with_device(overrides: list[str] | None, device: str | None) -> list[str]:
 @user_errors
 def train(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsDirOpt = Path("runs"),
           device: DeviceOpt = None, quiet: QuietOpt = False, debug: DebugOpt = False,
-          run_dir: RunDirOpt = None) -> None:
+          run_dir: RunDirOpt = None, resume: ResumeOpt = None) -> None:
     """Train one model; writes a new run folder and prints its path last."""
-    cfg = load_config(config, _with_device(overrides, device))
     if run_dir is not None and runs_dir != Path("runs"):
         raise UserError(f"--run-dir {run_dir} and --runs-dir {runs_dir}: give one of them")
-    from .experiments import run_train
+    if resume is not None and (config is not None or run_dir is not None or runs_dir != Path("runs")):
+        raise UserError(f"--resume {resume}: the run continues in its own folder with its own config.yaml; "
+                        "leave out --config, --run-dir and --runs-dir")
+    from . import experiments
 
-    result = run_train(cfg, runs_dir, sys.argv, show_progress=not quiet, run_dir=run_dir)
+    with _StopOnSignal() as stop:
+        if resume is not None:
+            result = experiments.run_resume(resume, _with_device(overrides, device), sys.argv, not quiet, stop)
+            if result is None:
+                err.print(f"{resume}: already completed all its steps; nothing to do", markup=False)
+                out.print(str(resume), markup=False)
+                return
+        else:
+            cfg = load_config(config, _with_device(overrides, device))
+            result = experiments.run_train(cfg, runs_dir, sys.argv, show_progress=not quiet, run_dir=run_dir,
+                                           should_stop=stop)
     s = result.summary
-    table = Table(title=f"{cfg.name} ({result.status})", show_header=False)
+    table = Table(title=f"{s['name']} ({result.status})", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     for key in ("model", "num_layers", "hidden_size", "target", "num_params", "steps"):
@@ -342,10 +385,13 @@ def _json_value(value):
 
 def _finish(status: str, message: str, run_dir: Path) -> None:
     """Report how a run ended, print its folder last, and exit with the matching code."""
+    resumable = (Path(run_dir) / "checkpoint.pt").is_file()
     if status == "diverged":
-        err.print(f"diverged: {message}; try a lower train.lr or set train.clip_grad_norm", markup=False)
+        err.print(f"diverged: {message}; try a lower train.lr or set train.clip_grad_norm" + (
+            f", e.g. rnnexp train --resume {run_dir} train.clip_grad_norm=1" if resumable else ""), markup=False)
     elif status == "interrupted":
-        err.print(f"interrupted{': ' + message if message else ''}; results so far are in {run_dir}", markup=False)
+        err.print(f"{message or 'interrupted'}; results so far are in {run_dir}" + (
+            f"; continue with: rnnexp train --resume {run_dir}" if resumable else ""), markup=False)
     out.print(str(run_dir), markup=False)
     if status == "interrupted":
         raise typer.Exit(EXIT_SIGNAL[_received[-1] if _received else signal.SIGINT])

@@ -35,17 +35,13 @@ def sub_dir_name(config: Config) -> str:
     return f"{config.name}_{config.train.target}"
 
 
-def _interrupt_once(signum, frame) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def _worker(index: int, config: Config, run_dir: Path, device: str, argv: list[str], messages) -> None:
     """One training in its own process, with one torch thread (tiny matmuls are slower with more)."""
     torch.set_num_threads(1)
-    # Ctrl-C reaches a worker twice (from the terminal and from the parent passing it on);
-    # only the first may interrupt, or the second would break off writing the results.
-    signal.signal(signal.SIGINT, _interrupt_once)
+    # Ctrl-C reaches a worker twice (from the terminal and from the parent passing it on): either
+    # asks the training to stop after its current step, then write its results and checkpoint.
+    stop_requested = []
+    signal.signal(signal.SIGINT, lambda signum, frame: stop_requested.append(signum))
     recent: list[float] = []
 
     def report(step: int, loss: float) -> None:
@@ -55,7 +51,7 @@ def _worker(index: int, config: Config, run_dir: Path, device: str, argv: list[s
             del recent[:-100]
 
     try:
-        result = train_into(run_dir, config, torch.device(device), argv, report)
+        result = train_into(run_dir, config, torch.device(device), argv, report, lambda: bool(stop_requested))
         messages.put(("done", index, result))
     except KeyboardInterrupt:  # before its training began: as if it had not started
         runs.remove_if_empty(run_dir)

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 
 from . import __version__, data, gradients, models, plots, runs
-from .config import Config, UserError, config_to_dict, config_to_yaml
+from .config import Config, UserError, config_to_dict, config_to_yaml, load_config
 from .train import History, evaluate, make_optimizer, train
 
 NUM_PLOTTED = 4  # held-out sequences drawn in predictions.png, as in the notebook
 FINAL_LOSS_WINDOW = 100  # final_train_loss is the mean of this many last batches
-FLUSH_EVERY = 500  # steps between writes of metrics.csv during training
+FLUSH_EVERY = 500  # steps between writes of metrics.csv and checkpoint.pt during training
+CHECKPOINT_FORMAT = "rnnexp-train-1"
 PROBE_SEQUENCES = 32  # held-out sequences whose gradient norms gradnorms.csv follows
 
 
@@ -87,7 +88,7 @@ class Progress:
             return
         self.recent = (self.recent + [loss])[-FINAL_LOSS_WINDOW:]
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(step + 1 - self.bar.n)  # absolute: a resumed run starts past 0
             if step % 50 == 0:
                 self.bar.set_postfix(loss=f"{np.mean(self.recent):.4g}", refresh=False)
         elif (step + 1) % self.every == 0 or step + 1 == self.total:
@@ -99,12 +100,39 @@ class Progress:
             self.bar.close()
 
 
-def batch_stream(config: Config, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+class BatchStream:
+    """The training batches of one config seed, drawn from one CPU generator; resumable from ``state_at``."""
+
+    def __init__(self, config: Config, device: torch.device, state: torch.Tensor | None = None, drawn: int = 0):
+        self.task, self.batch_size, self.seq_len = config.task.name, config.train.batch_size, config.task.seq_len
+        self.device = device
+        self.generator = data.make_generator(config.seed, "train")
+        if state is not None:
+            self.generator.set_state(state)
+        self.drawn = drawn  # batches drawn so far (``state`` is the state after ``drawn`` batches)
+        self._before_last = self.generator.get_state()
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._before_last = self.generator.get_state()
+        x, y = data.sample_batch(self.task, self.generator, self.batch_size, self.seq_len)
+        self.drawn += 1
+        return x.to(self.device), y.to(self.device)
+
+    def state_at(self, drawn: int) -> torch.Tensor:
+        """The generator state after ``drawn`` batches: now, or just before the last batch (a step that was not taken)."""
+        if drawn == self.drawn:
+            return self.generator.get_state()
+        if drawn == self.drawn - 1:
+            return self._before_last
+        raise ValueError(f"the stream has drawn {self.drawn} batches; no state kept for {drawn}")
+
+
+def batch_stream(config: Config, device: torch.device) -> BatchStream:
     """The training batches: one stream per config seed, the same for every model."""
-    generator = data.make_generator(config.seed, "train")
-    while True:
-        x, y = data.sample_batch(config.task.name, generator, config.train.batch_size, config.task.seq_len)
-        yield x.to(device), y.to(device)
+    return BatchStream(config, device)
 
 
 def eval_set(config: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,43 +149,196 @@ def build_seeded_model(config: Config, label: str) -> models.RecurrentRegression
     return models.build_model(m.type, input_size, m.hidden_size, m.num_layers, m.nonlinearity, output_dim)
 
 
+@dataclass
+class Training:
+    """A training in progress: everything ``checkpoint.pt`` holds to continue it bit for bit."""
+    model: models.RecurrentRegressionModel
+    optimizer: torch.optim.Optimizer
+    stream: BatchStream
+    history: History
+    probe: gradients.GradLog
+    train_s: float = 0.0  # seconds spent in training steps so far, over every session
+
+
 def train_into(run_dir: Path, config: Config, device: torch.device, argv: list[str],
-               report: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train ``config`` and write a complete run into the existing folder ``run_dir``; ``report(step, loss)`` sees every step."""
+               report: Callable[[int, float], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Train ``config`` and write a complete run into the existing folder ``run_dir``; ``report(step, loss)`` sees every step.
+
+    ``should_stop()`` is asked before every step; when it says yes the run ends ``interrupted``,
+    with its checkpoint. Raises KeyboardInterrupt, with nothing written, if it says yes before training begins.
+    """
     started = time.perf_counter()
     meta = new_meta(config.seed, device, argv)
     model = build_seeded_model(config, config.name).to(device)
-    optimizer = make_optimizer(model, config.train.lr)
-    history = History()
     probe = gradients.GradLog(*(v[:PROBE_SEQUENCES].to(device) for v in eval_set(config)), config.train.target)
     probe.record(model, 0)
+    state = Training(model, make_optimizer(model, config.train.lr), BatchStream(config, device), History(), probe)
+    if should_stop is not None and should_stop():
+        raise KeyboardInterrupt
     # Written only now, right before training, so that a Ctrl-C that comes earlier leaves an
     # empty folder (which the caller removes) and one that comes later an interrupted run.
     runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
     runs.write_json(run_dir / runs.META, meta)
+    _save_checkpoint(run_dir, config, state)
+    return _train_and_finish(run_dir, config, state, meta, started, report, should_stop)
+
+
+def _train_and_finish(run_dir: Path, config: Config, state: Training, meta: dict[str, Any], started: float,
+                      report: Callable[[int, float], None] | None,
+                      should_stop: Callable[[], bool] | None) -> TrainResult:
+    """Run the remaining steps of ``state``, checkpointing as it goes, then write every result file."""
+    history, model = state.history, state.model
+    segment_start = time.perf_counter()
+    train_s_before = state.train_s
 
     def on_step(step: int, loss: float) -> None:
         if report is not None:
             report(step, loss)
-        if (step + 1) % FLUSH_EVERY == 0:
-            _write_metrics(run_dir, history.losses)
         if (step + 1) % config.log.grad_every == 0:
-            probe.record(model, step + 1)
+            state.probe.record(model, step + 1)
+        if (step + 1) % FLUSH_EVERY == 0:
+            state.train_s = train_s_before + time.perf_counter() - segment_start
+            _write_metrics(run_dir, history.losses)
+            _save_checkpoint(run_dir, config, state)
 
-    start = time.perf_counter()
+    consistent = True
     try:
-        train(model, optimizer, batch_stream(config, device), config.train.num_batches, config.train.target,
-              config.train.clip_grad_norm, on_step, history=history)
-    except KeyboardInterrupt:
+        train(model, state.optimizer, state.stream, config.train.num_batches, config.train.target,
+              config.train.clip_grad_norm, on_step, start_step=len(history.losses), history=history,
+              should_stop=should_stop)
+    except KeyboardInterrupt:  # a hard stop, perhaps mid-step: the last periodic checkpoint stays
         history.status, history.message = "interrupted", f"interrupted at step {len(history.losses)}"
-    train_s = time.perf_counter() - start
-    probe.record(model, len(history.losses))
-    _write_gradnorms(run_dir, config, probe)
-    result = _finish(run_dir, config, model, history, train_s)
-    meta.update(status=history.status, ended=now_iso(), wall_s=round(time.perf_counter() - started, 3),
-                message=history.message)
+        consistent = False
+    state.train_s = train_s_before + time.perf_counter() - segment_start
+    state.probe.record(model, len(history.losses))
+    if consistent:
+        _save_checkpoint(run_dir, config, state)
+    _write_gradnorms(run_dir, config, state.probe)
+    result = _finish(run_dir, config, model, history, state.train_s)
+    meta.update(status=history.status, ended=now_iso(), message=history.message,
+                wall_s=round((meta.get("wall_s") or 0.0) + time.perf_counter() - started, 3))
     runs.write_json(run_dir / runs.META, meta)  # last: a run is complete once its meta says so
     return result
+
+
+def _save_checkpoint(run_dir: Path, config: Config, state: Training) -> None:
+    """checkpoint.pt: model, optimizer, data generator, losses and probe records after ``len(losses)`` steps."""
+    probe = state.probe
+    runs.write_torch(run_dir / runs.RESUME_CHECKPOINT, {
+        "format": CHECKPOINT_FORMAT, "step": len(state.history.losses), "config": config_to_dict(config),
+        "state_dict": {k: v.cpu() for k, v in state.model.state_dict().items()},
+        "optimizer": state.optimizer.state_dict(),
+        "generator": state.stream.state_at(len(state.history.losses)),
+        "losses": torch.tensor(state.history.losses, dtype=torch.float64),
+        "probe_steps": list(probe.steps),
+        "probe_grad_norm": torch.from_numpy(np.stack(probe.grad_norm)),
+        "probe_cell_grad_norm": torch.from_numpy(np.stack(probe.cell_grad_norm)) if probe.cell_grad_norm else None,
+        "train_s": state.train_s,
+    })
+
+
+# Keys a resumed run may change; any other change would make it a different experiment.
+RESUMABLE_KEYS = ("device", "train.lr", "train.clip_grad_norm", "train.num_batches", "log.grad_every")
+
+
+def resume_into(run_dir: Path, overrides: list[str], resumable: tuple[dict[str, Any], Config, dict[str, Any]],
+                argv: list[str], report: Callable[[int, float], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> TrainResult | None:
+    """Continue the run in ``run_dir`` (as ``read_resumable`` found it) from its checkpoint, in place, appending
+    to its metrics. Returns None when there is nothing to do (the run has completed all its steps)."""
+    started = time.perf_counter()
+    old_meta, config, checkpoint = resumable
+    step = checkpoint["step"]
+    if config.train.num_batches < step:
+        raise UserError(f"--resume {run_dir}: train.num_batches = {config.train.num_batches} is below the "
+                        f"{step} steps already taken")
+    if old_meta.get("status") == "completed" and step == config.train.num_batches:
+        return None
+    device = resolve_device(config.device)
+    model = build_seeded_model(config, config.name)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+        model.to(device)
+        optimizer = make_optimizer(model, config.train.lr)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = config.train.lr  # train.lr may have been changed for the rest of the run
+        stream = BatchStream(config, device, checkpoint["generator"], drawn=step)
+        losses = checkpoint["losses"].tolist()
+        probe = gradients.GradLog(*(v[:PROBE_SEQUENCES].to(device) for v in eval_set(config)), config.train.target,
+                                  steps=list(checkpoint["probe_steps"]),
+                                  grad_norm=list(checkpoint["probe_grad_norm"].numpy()),
+                                  cell_grad_norm=[] if checkpoint["probe_cell_grad_norm"] is None
+                                  else list(checkpoint["probe_cell_grad_norm"].numpy()))
+        train_s = float(checkpoint["train_s"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise UserError(f"--resume {run_dir / runs.RESUME_CHECKPOINT}: does not match the run's config.yaml "
+                        f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if len(losses) != step:
+        raise UserError(f"--resume {run_dir / runs.RESUME_CHECKPOINT}: damaged ({len(losses)} losses for step {step})")
+    if probe.steps[-1] == step and step % config.log.grad_every and len(probe.steps) > 1:
+        # The record an interruption added off the schedule: the finished run has none there.
+        del probe.steps[-1], probe.grad_norm[-1], probe.cell_grad_norm[-1:]
+    state = Training(model, optimizer, stream, History(losses), probe, train_s)
+    if should_stop is not None and should_stop():
+        raise KeyboardInterrupt
+    resumed = list(old_meta.get("resumed") or []) + [{"at_step": step, "started": now_iso(), "command": argv,
+                                                      "overrides": list(overrides)}]
+    meta = {**old_meta, "status": "running", "ended": None, "device": str(device), "pid": os.getpid(),
+            "host": socket.gethostname(), "resumed": resumed}
+    runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
+    runs.write_json(run_dir / runs.META, meta)
+    _write_metrics(run_dir, losses)  # drops any rows a killed run wrote after its last checkpoint
+    return _train_and_finish(run_dir, config, state, meta, started, report, should_stop)
+
+
+def read_resumable(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any], Config, dict[str, Any]]:
+    """meta.json, the config with ``overrides`` applied, and checkpoint.pt of a run that may be resumed;
+    a UserError when the folder is not one or the overrides would change the experiment."""
+    run_dir = Path(run_dir)
+    where = f"--resume {run_dir}"
+    if not run_dir.is_dir():
+        raise UserError(f"{where}: no such run folder")
+    missing = [name for name in (runs.META, runs.CONFIG, runs.RESUME_CHECKPOINT) if not (run_dir / name).is_file()]
+    if missing:
+        raise UserError(f"{where}: not a resumable run folder (missing {', '.join(missing)})")
+    try:
+        meta = runs.read_json(run_dir / runs.META)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{where}: {runs.META} is damaged ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("status"), str):
+        raise UserError(f"{where}: {runs.META} is not a run's meta.json")
+    if meta["status"] == "running" and runs.process_state(meta) != "gone":
+        raise UserError(f"{where}: process {meta.get('pid')} on {meta.get('host')} is still training it "
+                        "(status running); stop it first")
+    old = load_config(run_dir / runs.CONFIG)
+    config = load_config(run_dir / runs.CONFIG, overrides)
+    old_flat, new_flat = _flatten(config_to_dict(old)), _flatten(config_to_dict(config))
+    changed = [key for key in new_flat if new_flat[key] != old_flat[key] and key not in RESUMABLE_KEYS]
+    if changed:
+        raise UserError(f"{where}: {changed[0]} cannot change when resuming (a resumed run may change "
+                        f"{', '.join(RESUMABLE_KEYS)}); start a new run instead")
+    try:
+        checkpoint = torch.load(run_dir / runs.RESUME_CHECKPOINT, weights_only=True, map_location="cpu")
+    except Exception as e:  # torch raises many kinds for a damaged or foreign file
+        raise UserError(f"{where}: {runs.RESUME_CHECKPOINT} cannot be read ({e.__class__.__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{where}: {runs.RESUME_CHECKPOINT} is not an rnnexp checkpoint (format {CHECKPOINT_FORMAT})")
+    if checkpoint.get("config") != config_to_dict(old):
+        raise UserError(f"{where}: {runs.RESUME_CHECKPOINT} belongs to another config than {runs.CONFIG}")
+    return meta, config, checkpoint
+
+
+def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def _write_metrics(run_dir: Path, losses: list[float]) -> None:
@@ -206,7 +387,7 @@ def _finish(run_dir: Path, config: Config, model: torch.nn.Module, history: Hist
 
 
 def run_train(config: Config, runs_dir: Path, argv: list[str], show_progress: bool = True,
-              run_dir: Path | None = None) -> TrainResult:
+              run_dir: Path | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """``rnnexp train``: one model into a new run folder, or into exactly ``run_dir``.
 
     A run for ``run_dir`` is trained in ``<run_dir>.partial`` and renamed to ``run_dir`` once it
@@ -216,7 +397,7 @@ def run_train(config: Config, runs_dir: Path, argv: list[str], show_progress: bo
     into = runs.claim_run_dir(run_dir) if run_dir is not None else runs.create_run_dir(runs_dir, config.name)
     progress = Progress(config.train.num_batches, config.name, show_progress)
     try:
-        result = train_into(into, config, device, argv, progress.update)
+        result = train_into(into, config, device, argv, progress.update, should_stop)
     except KeyboardInterrupt:
         runs.remove_if_empty(into)  # interrupted before anything was written
         raise
@@ -225,3 +406,15 @@ def run_train(config: Config, runs_dir: Path, argv: list[str], show_progress: bo
     if run_dir is not None and result.status in runs.FINISHED:
         result = dataclasses.replace(result, run_dir=runs.publish_run_dir(into, run_dir))
     return result
+
+
+def run_resume(run_dir: Path, overrides: list[str], argv: list[str], show_progress: bool = True,
+               should_stop: Callable[[], bool] | None = None) -> TrainResult | None:
+    """``rnnexp train --resume``: continue a run in its folder; None if it had already completed."""
+    resumable = read_resumable(run_dir, overrides)
+    config = resumable[1]
+    progress = Progress(config.train.num_batches, config.name, show_progress)
+    try:
+        return resume_into(Path(run_dir), overrides, resumable, argv, progress.update, should_stop)
+    finally:
+        progress.close()

@@ -35,11 +35,20 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
           num_batches: int, target: str = "all", clip_grad_norm: float | None = None,
           on_step: Callable[[int, float], None] | None = None, start_step: int = 0,
-          history: History | None = None) -> History:
-    """Runs steps ``start_step .. num_batches-1``; stops early (status ``diverged``) at a non-finite loss or gradient."""
+          history: History | None = None, should_stop: Callable[[], bool] | None = None) -> History:
+    """Runs steps ``start_step .. num_batches-1``, appending to ``history``.
+
+    Stops early with status ``diverged`` at a non-finite loss or gradient (that step is not taken),
+    or with status ``interrupted`` when ``should_stop()`` is true at the start of a step; either way
+    the model, optimizer and ``history`` agree on the number of steps taken.
+    """
     history = history if history is not None else History()
+    params = [p for p in model.parameters()]
     model.train()
     for step in range(start_step, num_batches):
+        if should_stop is not None and should_stop():
+            history.status, history.message = "interrupted", f"interrupted at step {step}"
+            break
         x, y = next(batches)
         optimizer.zero_grad(set_to_none=True)
         pred, _ = model(x)
@@ -50,10 +59,12 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator[
             break
         loss.backward()
         if clip_grad_norm is not None:
-            norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            if not torch.isfinite(norm):
-                history.status, history.message = "diverged", f"gradient norm became {norm.item()} at step {step}"
-                break
+            norm = nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        else:
+            norm = torch.stack(torch._foreach_norm([p.grad for p in params if p.grad is not None])).sum()
+        if not torch.isfinite(norm):
+            history.status, history.message = "diverged", f"gradient norm became {norm.item()} at step {step}"
+            break
         optimizer.step()
         history.losses.append(value)
         if on_step is not None:

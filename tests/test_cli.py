@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from rnnexp.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_FILES = {"config.yaml", "meta.json", "metrics.csv", "summary.json", "loss.png", "predictions.png", "model.pt",
+TRAIN_FILES = {"config.yaml", "meta.json", "metrics.csv", "summary.json", "loss.png", "predictions.png", "model.pt", "checkpoint.pt",
                "gradnorms.csv", "gradnorms.png"}
 runner = CliRunner()
 
@@ -108,3 +108,18 @@ def test_runs_dir_that_is_a_file(tmp_path):
 def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "train" in result.stdout
+
+
+from test_config import BAD as BAD_CONFIGS  # noqa: E402  (file text, overrides, message), listed once
+
+
+@pytest.mark.parametrize("text,overrides,message", BAD_CONFIGS, ids=[m.split(": ", 1)[1][:40] for _, _, m in BAD_CONFIGS])
+def test_every_bad_config_through_the_cli_one_line_exit_2_nothing_written(tmp_path, text, overrides, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    result = _train(tmp_path, "--config", str(path), *overrides)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path}/{message}"), result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+    assert not (tmp_path / "runs").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from test_cli import TRAIN_FILES
+
 from rnnexp import compare as compare_module
 from rnnexp.cli import app
 from rnnexp.config import CompareConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SUB_FILES = {"config.yaml", "meta.json", "metrics.csv", "summary.json", "loss.png", "predictions.png", "model.pt",
-             "gradnorms.csv", "gradnorms.png"}
+SUB_FILES = TRAIN_FILES  # a compare sub-folder holds what a train run does
 SMALL = ["train.num_batches=12", "eval.num_sequences=16", "train.batch_size=4"]
 runner = CliRunner()
 

@@ -1,0 +1,248 @@
+"""Runs that survive: stop and resume bit for bit, kill -9, signals, divergence, damaged checkpoints, races."""
+import csv
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from test_cli import TRAIN_FILES
+
+from rnnexp import experiments, runs
+from rnnexp.cli import app
+from rnnexp.config import UserError, load_config
+
+runner = CliRunner()
+SMALL = ["model.hidden_size=6", "eval.num_sequences=16", "log.grad_every=9"]
+
+
+def _stop_after(step: int):
+    """A should_stop that says yes once ``step`` steps have been taken (it is asked before every step)."""
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) > step + 1  # the first question comes before training, the next before step 0
+
+    return should_stop
+
+
+def _train(tmp_path: Path, name: str, overrides: list[str], **kwargs) -> experiments.TrainResult:
+    return experiments.run_train(load_config(None, overrides), tmp_path / name, ["test"], show_progress=False, **kwargs)
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Two run folders hold the same training, bit for bit (timings aside)."""
+    for name in ("metrics.csv", "gradnorms.csv"):
+        assert (a / name).read_text() == (b / name).read_text(), name
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    for key in ("final_train_loss", "eval_mse", "steps", "status"):
+        assert sa[key] == sb[key], key
+    ma, mb = (torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (a, b))
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+@pytest.mark.parametrize("model", ["lstm", "rnn"])
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, model):
+    monkeypatch.setattr(experiments, "FLUSH_EVERY", 7)  # checkpoints at 7, 14, 21, ...
+    overrides = SMALL + [f"model.type={model}", "train.num_batches=40", "model.num_layers=2"]
+    full = _train(tmp_path, "full", overrides)
+    stopped = _train(tmp_path, "stopped", overrides, should_stop=_stop_after(17))
+    assert stopped.status == "interrupted" and stopped.message == "interrupted at step 17"
+    assert {p.name for p in stopped.run_dir.iterdir()} == TRAIN_FILES
+    meta = json.loads((stopped.run_dir / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and len(stopped.losses) == 17
+    assert torch.load(stopped.run_dir / "checkpoint.pt", weights_only=True)["step"] == 17
+
+    resumed = experiments.run_resume(stopped.run_dir, [], ["test"], show_progress=False)
+    assert resumed.status == "completed" and resumed.run_dir == stopped.run_dir
+    _same_run(full.run_dir, resumed.run_dir)
+    meta = json.loads((resumed.run_dir / "meta.json").read_text())
+    assert meta["status"] == "completed" and [r["at_step"] for r in meta["resumed"]] == [17]
+    assert experiments.run_resume(resumed.run_dir, [], ["test"], show_progress=False) is None  # nothing to do
+
+
+def test_stopped_twice_and_resumed_twice(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "FLUSH_EVERY", 5)
+    overrides = SMALL + ["model.type=lstm", "train.num_batches=30"]
+    full = _train(tmp_path, "full", overrides)
+    run = _train(tmp_path, "twice", overrides, should_stop=_stop_after(3)).run_dir
+    assert experiments.run_resume(run, [], ["t"], False, _stop_after(11)).status == "interrupted"
+    assert experiments.run_resume(run, [], ["t"], False).status == "completed"
+    _same_run(full.run_dir, run)
+    assert [r["at_step"] for r in json.loads((run / "meta.json").read_text())["resumed"]] == [3, 14]
+
+
+def _wait_for(predicate, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _start(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rnnexp", "train", "--runs-dir", str(tmp_path / "runs"), "--quiet",
+                             *SMALL, *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _metrics_rows(run_dir: Path) -> int:
+    try:
+        return len((run_dir / "metrics.csv").read_text().splitlines()) - 1
+    except FileNotFoundError:
+        return 0
+
+
+def test_kill_9_leaves_every_file_parseable_and_the_run_resumes_bit_for_bit(tmp_path):
+    overrides = ["model.type=rnn", "train.num_batches=1600"]
+    proc = _start(tmp_path, *overrides)
+    _wait_for(lambda: any(_metrics_rows(d) >= 500 for d in (tmp_path / "runs").glob("*")))  # one flush done
+    proc.kill()
+    proc.wait()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "running" and meta["pid"] == proc.pid
+    rows = list(csv.reader((run_dir / "metrics.csv").open()))
+    assert rows[0] == ["step", "loss"] and len(rows) - 1 in (500, 1000, 1500)
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] in (500, 1000, 1500)
+    assert not list(run_dir.glob(".*.tmp")), "a temporary file was left behind"
+
+    listed = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
+    assert json.loads(listed.stdout)[0]["status"] == "dead"
+
+    result = runner.invoke(app, ["train", "--resume", str(run_dir), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(run_dir)
+    full = _train(tmp_path, "full", SMALL + overrides)
+    _same_run(full.run_dir, run_dir)
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_run_cleanly_with_results_and_checkpoint(tmp_path, signum, code):
+    proc = _start(tmp_path, "train.num_batches=1000000")
+    _wait_for(lambda: any((d / "meta.json").exists() for d in (tmp_path / "runs").glob("*")))
+    time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    stopped_in = time.monotonic() - sent
+    assert proc.returncode == code, stderr
+    run_dir = Path(stdout.strip().splitlines()[-1])
+    assert {p.name for p in run_dir.iterdir()} == TRAIN_FILES
+    meta = json.loads((run_dir / "meta.json").read_text())
+    steps = torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]
+    assert meta["status"] == "interrupted" and meta["message"] == f"interrupted at step {steps}" and steps > 0
+    assert _metrics_rows(run_dir) == steps
+    assert f"continue with: rnnexp train --resume {run_dir}" in stderr and "Traceback" not in stderr
+    assert stopped_in < 30  # generous for a loaded CI machine; typically well under a second plus the plots
+
+
+def test_divergence_keeps_everything_up_to_that_step(tmp_path):
+    overrides = ["model.hidden_size=6", "eval.num_sequences=16", "model.nonlinearity=identity", "task.seq_len=50",
+                 "train.lr=1e30", "train.num_batches=50"]
+    result = runner.invoke(app, ["train", "--runs-dir", str(tmp_path / "runs"), "--quiet", *overrides])
+    assert result.exit_code == 1
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert "diverged: " in result.stderr and "try a lower train.lr or set train.clip_grad_norm" in result.stderr
+    assert {p.name for p in run_dir.iterdir()} == TRAIN_FILES
+    meta = json.loads((run_dir / "meta.json").read_text())
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    step = checkpoint["step"]
+    assert meta["status"] == "diverged" and f"at step {step}" in meta["message"] and step < 50
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())  # the last finite weights
+    assert _metrics_rows(run_dir) == step
+    # Resumed as it is, it diverges again at the same step: the run is deterministic.
+    again = runner.invoke(app, ["train", "--resume", str(run_dir), "--quiet"])
+    assert again.exit_code == 1 and json.loads((run_dir / "meta.json").read_text())["message"] == meta["message"]
+
+
+def test_a_diverged_run_resumes_from_the_state_before_the_bad_step(tmp_path, monkeypatch):
+    overrides = SMALL + ["model.type=rnn", "train.num_batches=30"]
+    full = _train(tmp_path, "full", overrides)
+    real_next = experiments.BatchStream.__next__
+
+    def one_bad_batch(stream):
+        x, y = real_next(stream)
+        return (x * float("nan"), y) if stream.drawn == 21 else (x, y)
+
+    monkeypatch.setattr(experiments.BatchStream, "__next__", one_bad_batch)
+    diverged = _train(tmp_path, "diverged", overrides)
+    assert diverged.status == "diverged" and diverged.message == "loss became nan at step 20"
+    monkeypatch.setattr(experiments.BatchStream, "__next__", real_next)
+    resumed = experiments.run_resume(diverged.run_dir, [], ["test"], show_progress=False)
+    assert resumed.status == "completed"
+    _same_run(full.run_dir, resumed.run_dir)
+
+
+def test_resume_refusals_are_one_line_and_change_nothing(tmp_path):
+    done = _train(tmp_path, "runs", SMALL + ["train.num_batches=5"]).run_dir
+    before = {p: p.read_bytes() for p in done.iterdir()}
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("meta.json", "config.yaml"):
+        (damaged / name).write_bytes((done / name).read_bytes())
+    (damaged / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for name in ("meta.json", "config.yaml"):
+        (foreign / name).write_bytes((done / name).read_bytes())
+    torch.save({"weights": torch.zeros(3)}, foreign / "checkpoint.pt")
+    live = tmp_path / "live"
+    live.mkdir()
+    for name in ("config.yaml", "checkpoint.pt"):
+        (live / name).write_bytes((done / name).read_bytes())
+    (live / "meta.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "host": os.uname().nodename}))
+    cases = [
+        ([str(tmp_path / "nope")], "no such run folder"),
+        ([str(tmp_path)], "not a resumable run folder (missing meta.json, config.yaml, checkpoint.pt)"),
+        ([str(done), "model.hidden_size=7"], "model.hidden_size cannot change when resuming"),
+        ([str(done), "train.num_batches=2"], "train.num_batches = 2 is below the 5 steps already taken"),
+        ([str(done), "train.lr=-1"], "train.lr = -1: expected a number > 0"),
+        ([str(damaged)], "checkpoint.pt cannot be read"),
+        ([str(foreign)], "checkpoint.pt is not an rnnexp checkpoint"),
+        ([str(live)], f"process {os.getpid()} on {os.uname().nodename} is still training it"),
+        ([str(done), "--config", "configs/default.yaml"], "leave out --config, --run-dir and --runs-dir"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["train", "--quiet", "--resume", *args])
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output, (args, result.stderr)
+    assert {p: p.read_bytes() for p in done.iterdir()} == before
+    assert (damaged / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+
+    result = runner.invoke(app, ["train", "--quiet", "--resume", str(done)])
+    assert result.exit_code == 0 and "already completed all its steps; nothing to do" in result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(done)
+    # A completed run may be extended: its remaining steps continue the same data stream.
+    longer = runner.invoke(app, ["train", "--quiet", "--resume", str(done), "train.num_batches=8"])
+    assert longer.exit_code == 0 and _metrics_rows(done) == 8
+    _same_run(_train(tmp_path, "eight", SMALL + ["train.num_batches=8"]).run_dir, done)
+
+
+def _make_dir(args) -> str:
+    runs_dir, when = args
+    return str(runs.create_run_dir(Path(runs_dir), "race", datetime.fromisoformat(when)))
+
+
+def test_sixteen_processes_racing_for_one_name_each_get_their_own_folder(tmp_path):
+    when = datetime.now().isoformat()
+    with mp.get_context("fork").Pool(16) as pool:
+        made = pool.map(_make_dir, [(tmp_path / "runs", when)] * 16)
+    assert len(set(made)) == 16 and sorted(Path(p).name for p in made) == sorted(p.name for p in (tmp_path / "runs").iterdir())
+
+
+def test_runs_dir_refusals_name_the_folder(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"--runs-dir .*file/sub: .*file is a file, not a folder"):
+        runs.create_run_dir(tmp_path / "file" / "sub", "x")
+    assert (tmp_path / "file").read_text() == "x"
