@@ -36,6 +36,12 @@ compare: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# Speed against the notebook's own loop and torch's native modules (several minutes; not a test).
+# BENCH_ARGS="--scaling" adds the cost-growth table, "--skip-full" leaves out the whole-experiment timing.
+BENCH_ARGS ?=
+bench: setup
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info rnnexp.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
