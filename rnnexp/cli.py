@@ -45,7 +45,14 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(
     help="Dotted overrides applied after the file, the last one winning: train.lr=3e-4 seed=3 "
          "(train: model.hidden_size=64; compare: models.0.hidden_size=64)",
     show_default=False)]
-RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Where run folders are made.")]
+def _folder(text: str | Path) -> Path:
+    """A folder option's value; an empty one would silently mean the current folder."""
+    if not str(text).strip():
+        raise typer.BadParameter("an empty path; give a folder, e.g. runs")
+    return Path(text)
+
+
+RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", parser=_folder, help="Where run folders are made.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help=f"One of {', '.join(DEVICES)}; overrides the config.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")]
@@ -78,8 +85,8 @@ def _on_sigterm(signum, frame):
 
 
 class _StopOnSignal:
-    """While a training runs: the first Ctrl-C or SIGTERM asks it to stop after the current step (it then
-    writes its results and checkpoint); a second one interrupts at once."""
+    """While a training runs, Ctrl-C or SIGTERM asks it to stop after the current step (about a
+    millisecond); it then writes its results and checkpoint, which later signals do not break off."""
 
     def __init__(self):
         self.requested = False
@@ -90,8 +97,6 @@ class _StopOnSignal:
 
     def _handle(self, signum, frame) -> None:
         _received.append(signum)
-        if self.requested:
-            raise KeyboardInterrupt
         self.requested = True
 
     def __enter__(self) -> "_StopOnSignal":

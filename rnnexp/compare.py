@@ -17,7 +17,7 @@ import torch
 
 from . import plots, runs
 from .config import CompareConfig, Config, config_to_yaml
-from .experiments import TrainResult, new_meta, now_iso, resolve_device, train_into
+from .experiments import TrainResult, ended_by, new_meta, now_iso, resolve_device, train_into
 
 SUMMARY_COLUMNS = ["label", "target", "type", "num_layers", "hidden_size", "num_params", "final_train_loss",
                    "eval_mse", "wall_s", "steps_per_s", "status"]
@@ -57,6 +57,7 @@ def _worker(index: int, config: Config, run_dir: Path, device: str, argv: list[s
         runs.remove_if_empty(run_dir)
         messages.put(("stopped", index))
     except BaseException as e:  # a failed training must not take the others down
+        runs.abandon(run_dir, *ended_by(e))
         messages.put(("failed", index, f"{e.__class__.__name__}: {e}", traceback.format_exc()))
 
 

@@ -47,6 +47,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_one_cpu_thread(device: torch.device) -> None:
+    """One torch thread on the CPU, unless OMP_NUM_THREADS says otherwise: these models' matrices are so small
+    that a second thread costs more than it brings, and collapses throughput when the other core is busy."""
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -256,6 +263,7 @@ def resume_into(run_dir: Path, overrides: list[str], resumable: tuple[dict[str, 
     if old_meta.get("status") == "completed" and step == config.train.num_batches:
         return None
     device = resolve_device(config.device)
+    use_one_cpu_thread(device)
     model = build_seeded_model(config, config.name)
     try:
         model.load_state_dict(checkpoint["state_dict"])
@@ -394,12 +402,13 @@ def run_train(config: Config, runs_dir: Path, argv: list[str], show_progress: bo
     has finished (completed or diverged), so ``run_dir`` exists only as a finished run.
     """
     device = resolve_device(config.device)
+    use_one_cpu_thread(device)
     into = runs.claim_run_dir(run_dir) if run_dir is not None else runs.create_run_dir(runs_dir, config.name)
     progress = Progress(config.train.num_batches, config.name, show_progress)
     try:
         result = train_into(into, config, device, argv, progress.update, should_stop)
-    except KeyboardInterrupt:
-        runs.remove_if_empty(into)  # interrupted before anything was written
+    except BaseException as e:
+        runs.abandon(into, *ended_by(e))
         raise
     finally:
         progress.close()
@@ -416,5 +425,17 @@ def run_resume(run_dir: Path, overrides: list[str], argv: list[str], show_progre
     progress = Progress(config.train.num_batches, config.name, show_progress)
     try:
         return resume_into(Path(run_dir), overrides, resumable, argv, progress.update, should_stop)
+    except UserError:  # refused before anything was changed
+        raise
+    except BaseException as e:
+        runs.abandon(Path(run_dir), *ended_by(e))
+        raise
     finally:
         progress.close()
+
+
+def ended_by(error: BaseException) -> tuple[str, str]:
+    """(status, message) for meta.json of a run that an exception ended."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", "interrupted"
+    return "failed", f"{error.__class__.__name__}: {error}".splitlines()[0]

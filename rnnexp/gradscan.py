@@ -11,7 +11,7 @@ import torch
 
 from . import data, gradients, plots, runs
 from .config import Config, GradScanConfig, UserError, config_to_dict, config_to_yaml
-from .experiments import build_seeded_model, new_meta, now_iso
+from .experiments import build_seeded_model, ended_by, new_meta, now_iso
 
 # Gradients are computed in float64: at seq_len 1000 a first/last ratio of 1e-100 is common,
 # far below float32's smallest number, and it must come out as that number, not as 0.
@@ -57,6 +57,14 @@ def run_gradscan(config: GradScanConfig, runs_dir: Path, argv: list[str]) -> Gra
     started = time.perf_counter()
     run_dir = runs.create_run_dir(runs_dir, config.name)
     meta = new_meta(config.seed, torch.device("cpu"), argv)
+    try:
+        return _scan_into(run_dir, config, meta, started)
+    except BaseException as e:
+        runs.abandon(run_dir, *ended_by(e))
+        raise
+
+
+def _scan_into(run_dir: Path, config: GradScanConfig, meta: dict, started: float) -> GradScanResult:
     runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
     runs.write_json(run_dir / runs.META, meta)
     model, x, y = build_inputs(config)

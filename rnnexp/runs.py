@@ -12,7 +12,7 @@ import os
 import shutil
 import socket
 import tempfile
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -81,6 +81,21 @@ def remove_if_empty(run_dir: Path) -> None:
     try:
         Path(run_dir).rmdir()
     except OSError:  # not empty (or already gone): keep it
+        pass
+
+
+def abandon(run_dir: Path, status: str, message: str) -> None:
+    """After an error or interruption outside the normal end of a run: remove its folder if nothing was
+    written, else mark a meta.json still saying ``running`` with ``status``; never raises (the disk may be full)."""
+    run_dir = Path(run_dir)
+    remove_if_empty(run_dir)
+    try:
+        meta = read_json(run_dir / META)
+        if isinstance(meta, dict) and meta.get("status") == "running":
+            meta.update(status=status, message=message,
+                        ended=datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"))
+            write_json(run_dir / META, meta)
+    except (OSError, ValueError):
         pass
 
 

@@ -246,3 +246,34 @@ def test_runs_dir_refusals_name_the_folder(tmp_path):
     with pytest.raises(UserError, match=r"--runs-dir .*file/sub: .*file is a file, not a folder"):
         runs.create_run_dir(tmp_path / "file" / "sub", "x")
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_an_empty_runs_dir_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--quiet", "--runs-dir", "", "train.num_batches=2"])
+    assert result.exit_code == 2 and "--runs-dir" in result.stderr and "an empty path" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_crash_before_training_leaves_no_folder_and_one_after_says_failed(tmp_path, monkeypatch):
+    result = runner.invoke(app, ["train", "--quiet", "--runs-dir", str(tmp_path / "runs"), "model.hidden_size=100000000"])
+    assert result.exit_code == 1 and "internal error: RuntimeError" in result.stderr
+    assert list((tmp_path / "runs").iterdir()) == []  # the empty run folder is removed
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(experiments, "_write_gradnorms", disk_full)
+    result = runner.invoke(app, ["train", "--quiet", "--runs-dir", str(tmp_path / "runs"), *SMALL, "train.num_batches=3"])
+    assert result.exit_code == 1 and "No space left on device" in result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "failed" and meta["message"] == "OSError: [Errno 28] No space left on device"
+    assert meta["ended"]
+
+
+def test_a_gradscan_that_fails_is_marked_failed(tmp_path):
+    result = runner.invoke(app, ["gradscan", "--runs-dir", str(tmp_path / "runs"), "-w", "1e308,-1e308"])
+    assert result.exit_code == 1
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "failed"
