@@ -18,7 +18,7 @@ import torch
 
 from . import __version__, data, gradients, models, plots, runs
 from .config import Config, UserError, config_to_dict, config_to_yaml, load_config
-from .train import History, evaluate, make_optimizer, train
+from .train import Adam, History, evaluate, make_optimizer, train
 
 NUM_PLOTTED = 4  # held-out sequences drawn in predictions.png, as in the notebook
 FINAL_LOSS_WINDOW = 100  # final_train_loss is the mean of this many last batches
@@ -160,7 +160,7 @@ def build_seeded_model(config: Config, label: str) -> models.RecurrentRegression
 class Training:
     """A training in progress: everything ``checkpoint.pt`` holds to continue it bit for bit."""
     model: models.RecurrentRegressionModel
-    optimizer: torch.optim.Optimizer
+    optimizer: Adam
     stream: BatchStream
     history: History
     probe: gradients.GradLog
@@ -270,8 +270,7 @@ def resume_into(run_dir: Path, overrides: list[str], resumable: tuple[dict[str, 
         model.to(device)
         optimizer = make_optimizer(model, config.train.lr)
         optimizer.load_state_dict(checkpoint["optimizer"])
-        for group in optimizer.param_groups:
-            group["lr"] = config.train.lr  # train.lr may have been changed for the rest of the run
+        optimizer.lr = config.train.lr  # train.lr may have been changed for the rest of the run
         stream = BatchStream(config, device, checkpoint["generator"], drawn=step)
         losses = checkpoint["losses"].tolist()
         probe = gradients.GradLog(*(v[:PROBE_SEQUENCES].to(device) for v in eval_set(config)), config.train.target,

@@ -76,3 +76,21 @@ def test_training_learns_the_task():
     x, y = experiments.eval_set(cfg)
     mse, _ = evaluate(model, x, y, "all")
     assert history.losses[0] > 0.1 and mse < 0.02
+
+
+def test_our_adam_is_torchs_fused_adam_bit_for_bit_and_shares_its_state_dict():
+    cfg = dataclasses.replace(_small(), model=dataclasses.replace(_small().model, type="lstm", num_layers=2))
+    ours, theirs = experiments.build_seeded_model(cfg, "x"), experiments.build_seeded_model(cfg, "x")
+    reference = torch.optim.Adam(theirs.parameters(), lr=3e-3, fused=True)
+    h1 = train(ours, make_optimizer(ours, 3e-3), experiments.batch_stream(cfg, torch.device("cpu")), 25)
+    h2 = train(theirs, reference, experiments.batch_stream(cfg, torch.device("cpu")), 25)
+    assert h1.losses == h2.losses
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+    # A state dict moves between the two: continuing either gives the same numbers.
+    moved = make_optimizer(ours, 1.0)
+    moved.load_state_dict(reference.state_dict())
+    assert moved.lr == 3e-3
+    torch.testing.assert_close(moved.state_dict()["state"], reference.state_dict()["state"], rtol=0, atol=0)
+    h3 = train(ours, moved, experiments.batch_stream(cfg, torch.device("cpu")), 5)
+    h4 = train(theirs, reference, experiments.batch_stream(cfg, torch.device("cpu")), 5)
+    assert h3.losses == h4.losses
