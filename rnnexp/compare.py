@@ -1,6 +1,7 @@
 """``rnnexp compare``: several models, each in every target mode, trained in parallel processes."""
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 import os
 import queue as queue_module
@@ -109,6 +110,11 @@ def run_jobs(configs: list[Config], dirs: list[Path], device: torch.device, argv
     """
     # fork starts a worker in milliseconds; CUDA cannot be used in a forked child.
     ctx = mp.get_context("spawn" if device.type == "cuda" else "fork")
+    if ctx.get_start_method() == "fork":
+        # Paid once here instead of in every worker: the first PNG a process renders loads
+        # matplotlib's fonts and backend (about 0.4 s).
+        io_sink = io.BytesIO()
+        plots.loss_figure({"warm-up": np.ones(2)}, "warm-up").savefig(io_sink, format="png")
     messages = ctx.Queue()
     results: list[TrainResult | None] = [None] * len(configs)
     errors = [""] * len(configs)
