@@ -102,7 +102,11 @@ class Catalog:
         return present + [r for r in rows if _blank(r[column])]  # blanks last either way
 
     def sweep(self, x: str | None = None) -> Sweep:
-        """eval MSE of the completed runs per group (model) and value of ``x``; see swept_key for the default."""
+        """eval MSE of the completed runs per group (model) and value of ``x``; see swept_key for the default.
+        Only training runs take part: a gradscan run beside them has no eval MSE and other keys."""
+        trained = tuple(r for r in self.runs if TRAINING_KEY in r.params)
+        if len(trained) < len(self.runs):
+            return Catalog(self.root, trained, self.skipped).sweep(x)
         x = self.swept_key(x)
         grouping = [k for k in self.varying() if k not in (x, REPEAT_KEY)]
         values: dict[tuple[str, float], list[float]] = {}
@@ -141,6 +145,7 @@ class Catalog:
 
 
 _MISSING = object()
+TRAINING_KEY = "train.lr"  # in the config of every train (and compare) run, in no gradscan's
 
 
 def find_runs(root: Path) -> Catalog:

@@ -221,6 +221,16 @@ def test_plot_writes_the_png_and_prints_mean_and_spread(sweep, tmp_path):
                          format(min(values), ".4g"), format(max(values), ".4g")]
 
 
+def test_a_gradscan_run_beside_the_sweep_changes_nothing_in_its_plot(sweep, tmp_path):
+    alone = _runs(sweep, "--plot", tmp_path / "alone.png")
+    scan = runner.invoke(app, ["gradscan", "--runs-dir", str(sweep), "--hidden-size", "4", "-w", "1,2"])
+    assert scan.exit_code == 0, scan.output
+    mixed = _runs(sweep, "--plot", tmp_path / "mixed.png")
+    assert mixed.exit_code == 0 and "Warning" not in mixed.stderr, mixed.output
+    tail = lambda result: result.stdout.split("eval MSE by train.lr")[1].splitlines()[:-1]  # noqa: E731
+    assert tail(mixed) == tail(alone) and "rnn " in "".join(tail(mixed))
+
+
 @pytest.mark.parametrize("args,message", [
     (["--plot", "out.txt"], "--plot out.txt: expected a file name ending in .png"),
     (["--plot", "missing/out.png"], "--plot missing/out.png: folder missing does not exist"),
