@@ -11,6 +11,10 @@ SWEEP_DIR ?= runs/sweeps
 # More overrides for every training point, e.g. SWEEP_ARGS="train.num_batches=200" for a quick look
 # (with its own SWEEP_DIR: points already there are kept as they are).
 SWEEP_ARGS ?=
+# A swept key given again in SWEEP_ARGS would win over the point's own value and mislabel its folder.
+ifneq ($(filter train.lr=% seed=%,$(SWEEP_ARGS)),)
+$(error SWEEP_ARGS = "$(SWEEP_ARGS)": train.lr and seed are swept (LR_SWEEP_LRS, LR_SWEEP_SEEDS); set them there)
+endif
 
 # Learning rate x model on the running-mean task: the notebook's four models (configs/MODEL.yaml).
 LR_SWEEP_MODELS ?= rnn_1_layer lstm_1_layer rnn_2_layer lstm_2_layer

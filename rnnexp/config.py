@@ -272,6 +272,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            if not prefix and cls is Config and key in ("models", "targets"):
+                hint = " (this is a compare config: run it with rnnexp compare)"
+            elif not prefix and cls is CompareConfig and key == "model":
+                hint = " (this is a train config: run it with rnnexp train, or list it under models:)"
+            elif cls is TrainSettings and key == "target":
+                hint = " (a comparison lists its target modes at the top: targets: [all, last])"
             raise ConfigError(f"{prefix}{key}: unknown key{hint}; known keys here: {', '.join(fields)}")
         f = fields[key]
         if dataclasses.is_dataclass(hints[key]):

@@ -22,7 +22,7 @@ from .train import Adam, History, evaluate, make_optimizer, train
 
 NUM_PLOTTED = 4  # held-out sequences drawn in predictions.png, as in the notebook
 FINAL_LOSS_WINDOW = 100  # final_train_loss is the mean of this many last batches
-FLUSH_EVERY = 500  # steps between writes of metrics.csv and checkpoint.pt during training
+FLUSH_EVERY = 500  # steps between writes of metrics.csv, gradnorms.csv and checkpoint.pt during training
 CHECKPOINT_FORMAT = "rnnexp-train-1"
 PROBE_SEQUENCES = 32  # held-out sequences whose gradient norms gradnorms.csv follows
 
@@ -207,6 +207,7 @@ def _train_and_finish(run_dir: Path, config: Config, state: Training, meta: dict
         if (step + 1) % FLUSH_EVERY == 0:
             state.train_s = train_s_before + time.perf_counter() - segment_start
             _write_metrics(run_dir, history.losses)
+            _write_gradnorms(run_dir, config, state.probe, plot=False)
             _save_checkpoint(run_dir, config, state)
 
     consistent = True
@@ -352,7 +353,7 @@ def _write_metrics(run_dir: Path, losses: list[float]) -> None:
     runs.write_csv(run_dir / runs.METRICS, ["step", "loss"], enumerate(losses))
 
 
-def _write_gradnorms(run_dir: Path, config: Config, probe: gradients.GradLog) -> None:
+def _write_gradnorms(run_dir: Path, config: Config, probe: gradients.GradLog, plot: bool = True) -> None:
     """gradnorms.csv (step, layer, timestep, grad_norm[, cell_grad_norm]) and gradnorms.png, one panel per layer."""
     grad = np.stack(probe.grad_norm)  # (steps, L, T)
     cell = np.stack(probe.cell_grad_norm) if probe.cell_grad_norm else None
@@ -360,6 +361,8 @@ def _write_gradnorms(run_dir: Path, config: Config, probe: gradients.GradLog) ->
             for i, step in enumerate(probe.steps) for layer in range(grad.shape[1]) for t in range(grad.shape[2]))
     runs.write_csv(run_dir / runs.GRADNORMS, ["step", "layer", "timestep", "grad_norm"] + ["cell_grad_norm"] * (
         cell is not None), rows)
+    if not plot:
+        return
     panels = [(f"layer {layer}", np.array(probe.steps), grad[:, layer]) for layer in range(grad.shape[1])]
     title = f"{config.name}: log10 ||dLoss/dh_t|| on {probe.x.shape[0]} held-out sequences, target {config.train.target}"
     runs.write_figure(run_dir / runs.GRADNORMS_PLOT, plots.log_heatmap_figure(panels, "training step", title))

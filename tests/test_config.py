@@ -74,6 +74,7 @@ BAD = [
     ("", ["train.lr=fast"], "c.yaml (with overrides): train.lr = 'fast': expected a number > 0"),
     ("", ["seed=-1"], "c.yaml (with overrides): seed = -1: expected an integer >= 0"),
     ("log:\n  grad_every: 2.5\n", [], "c.yaml: log.grad_every = 2.5: expected an integer >= 1"),
+    ("targets: [all]\n", [], "c.yaml: targets: unknown key (this is a compare config: run it with rnnexp compare)"),
 ]
 
 
@@ -99,3 +100,13 @@ def test_every_key_documented():
     for key, default, help_text in describe_fields():
         assert help_text, key
         assert f"`{key}`" in readme, f"README's config reference lacks {key}"
+
+
+def test_a_train_config_given_to_compare_says_so(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  type: lstm\n")
+    with pytest.raises(ConfigError, match=r"model: unknown key \(this is a train config: run it with rnnexp train"):
+        load_config(path, cls=CompareConfig)
+    path.write_text("train:\n  target: last\n")
+    with pytest.raises(ConfigError, match=r"train.target: unknown key \(a comparison lists its target modes at the top"):
+        load_config(path, cls=CompareConfig)

@@ -114,6 +114,9 @@ def test_kill_9_leaves_every_file_parseable_and_the_run_resumes_bit_for_bit(tmp_
     assert rows[0] == ["step", "loss"] and len(rows) - 1 in (500, 1000, 1500)
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert checkpoint["step"] in (500, 1000, 1500)
+    probes = list(csv.reader((run_dir / "gradnorms.csv").open()))  # the probe records so far survive too
+    assert probes[0] == ["step", "layer", "timestep", "grad_norm"]
+    assert {int(r[0]) for r in probes[1:]} >= set(range(0, 500, 9)) and all(float(r[3]) > 0 for r in probes[1:])
     assert not list(run_dir.glob(".*.tmp")), "a temporary file was left behind"
 
     listed = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
