@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from . import runs
-from .config import UserError
+from .config import UserError, flatten
 
 FIRST_COLUMNS = ("folder", "name", "status", "model")
 LAST_COLUMNS = ("final_train_loss", "eval_mse", "wall_s")
@@ -206,7 +206,7 @@ def read_run(folder: Path, root: Path) -> RunRecord:
             raise _Damaged(f"{runs.SUMMARY}: {key} = {summary[key]!r}, expected a number or null")
     if status == "running" and runs.process_state(meta) == "gone":
         status = "dead"
-    params = _flatten(config)
+    params = flatten(config)
     wall_s = summary.get("wall_s") if "wall_s" in summary else meta.get("wall_s")
     return RunRecord(
         folder=folder.relative_to(root).as_posix(), name=_text_or_none(params.get("name", summary.get("name"))),
@@ -229,16 +229,6 @@ def _read_mapping(path: Path, json: bool) -> dict:
     if not isinstance(value, dict):
         raise _Damaged(f"{path.name}: expected a mapping, found {type(value).__name__}")
     return value
-
-
-def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _hashable(value: Any) -> Any:

@@ -86,10 +86,12 @@ def _on_sigterm(signum, frame):
 
 class _StopOnSignal:
     """While a training runs, Ctrl-C or SIGTERM asks it to stop after the current step (about a
-    millisecond); it then writes its results and checkpoint, which later signals do not break off."""
+    millisecond); it then writes its results and checkpoint, which a second signal does not break
+    off (an impatient double Ctrl-C is common). A third one stops at once, for a run that hangs."""
 
     def __init__(self):
         self.requested = False
+        self.count = 0
         self.previous = {}
 
     def __call__(self) -> bool:
@@ -97,7 +99,10 @@ class _StopOnSignal:
 
     def _handle(self, signum, frame) -> None:
         _received.append(signum)
+        self.count += 1
         self.requested = True
+        if self.count >= 3:
+            raise KeyboardInterrupt
 
     def __enter__(self) -> "_StopOnSignal":
         for signum in EXIT_SIGNAL:
@@ -390,7 +395,9 @@ def _json_value(value):
 
 def _finish(status: str, message: str, run_dir: Path) -> None:
     """Report how a run ended, print its folder last, and exit with the matching code."""
-    resumable = (Path(run_dir) / "checkpoint.pt").is_file()
+    from .runs import RESUME_CHECKPOINT
+
+    resumable = (Path(run_dir) / RESUME_CHECKPOINT).is_file()
     if status == "diverged":
         err.print(f"diverged: {message}; try a lower train.lr or set train.clip_grad_norm" + (
             f", e.g. rnnexp train --resume {run_dir} train.clip_grad_norm=1" if resumable else ""), markup=False)

@@ -18,7 +18,7 @@ import torch
 
 from . import plots, runs
 from .config import CompareConfig, Config, config_to_yaml
-from .experiments import TrainResult, ended_by, new_meta, now_iso, resolve_device, train_into
+from .experiments import TrainResult, ended_by, new_meta, resolve_device, train_into, use_one_cpu_thread
 
 SUMMARY_COLUMNS = ["label", "target", "type", "num_layers", "hidden_size", "num_params", "final_train_loss",
                    "eval_mse", "wall_s", "steps_per_s", "status"]
@@ -38,11 +38,13 @@ def sub_dir_name(config: Config) -> str:
 
 def _worker(index: int, config: Config, run_dir: Path, device: str, argv: list[str], messages) -> None:
     """One training in its own process, with one torch thread (tiny matmuls are slower with more)."""
-    torch.set_num_threads(1)
-    # Ctrl-C reaches a worker twice (from the terminal and from the parent passing it on): either
-    # asks the training to stop after its current step, then write its results and checkpoint.
+    use_one_cpu_thread(torch.device(device))
+    # Ctrl-C reaches a worker twice (from the terminal and from the parent passing it on), SIGTERM
+    # when the whole process group is sent it: each asks the training to stop after its current
+    # step, then write its results and checkpoint.
     stop_requested = []
-    signal.signal(signal.SIGINT, lambda signum, frame: stop_requested.append(signum))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: stop_requested.append(signum))
     recent: list[float] = []
 
     def report(step: int, loss: float) -> None:
@@ -213,7 +215,7 @@ def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: in
     statuses = {r["status"] for r in rows}
     status = "interrupted" if interrupted else "completed" if statuses == {"completed"} else "failed"
     bad = [f"{r['label']} ({r['target']}) {r['status']}" for r in rows if r["status"] != "completed"]
-    meta.update(status=status, ended=now_iso(), wall_s=round(time.perf_counter() - started, 3),
+    meta.update(status=status, ended=runs.now_iso(), wall_s=round(time.perf_counter() - started, 3),
                 message="; ".join(bad))
     runs.write_json(run_dir / runs.META, meta)
     return CompareResult(run_dir, status, rows)

@@ -131,6 +131,7 @@ class CompareConfig:
 
 # Values per scale option at most: the notebook's slider, -5 to 5 in steps of 0.05.
 MAX_SCALES = 201
+MAX_ABS_SCALE = 1e6  # a float64 RNN state overflows within a few steps long before this
 SCALES_HELP = "a number, a comma list (-2,-1,0,1,2) or an inclusive range start:stop:step (-5:5:0.25)"
 
 
@@ -198,6 +199,8 @@ def _scale_number(text: str, where: str) -> float:
         raise ConfigError(f"{where}: a value is missing; expected {SCALES_HELP}")
     if not math.isfinite(value):
         raise ConfigError(f"{where}: {text.strip()!r} is not a finite number; expected {SCALES_HELP}")
+    if abs(value) > MAX_ABS_SCALE:
+        raise ConfigError(f"{where}: {text.strip()} is beyond +-{MAX_ABS_SCALE:g}; every state overflows long before")
     return value + 0.0
 
 
@@ -432,6 +435,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested sections as dotted keys: ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def config_to_yaml(config: Any) -> str:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -17,7 +16,8 @@ import numpy as np
 import torch
 
 from . import __version__, data, gradients, models, plots, runs
-from .config import Config, UserError, config_to_dict, config_to_yaml, load_config
+from .runs import now_iso
+from .config import Config, UserError, config_to_dict, config_to_yaml, flatten, load_config
 from .train import Adam, History, evaluate, make_optimizer, train
 
 NUM_PLOTTED = 4  # held-out sequences drawn in predictions.png, as in the notebook
@@ -61,10 +61,6 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
 def new_meta(seed: int, device: torch.device, argv: list[str]) -> dict[str, Any]:
@@ -219,9 +215,9 @@ def _train_and_finish(run_dir: Path, config: Config, state: Training, meta: dict
         history.status, history.message = "interrupted", f"interrupted at step {len(history.losses)}"
         consistent = False
     state.train_s = train_s_before + time.perf_counter() - segment_start
-    state.probe.record(model, len(history.losses))
-    if consistent:
+    if consistent:  # before the closing probe record, which a resumed run must not carry on with
         _save_checkpoint(run_dir, config, state)
+    state.probe.record(model, len(history.losses))
     _write_gradnorms(run_dir, config, state.probe)
     result = _finish(run_dir, config, model, history, state.train_s)
     meta.update(status=history.status, ended=now_iso(), message=history.message,
@@ -285,9 +281,6 @@ def resume_into(run_dir: Path, overrides: list[str], resumable: tuple[dict[str, 
                         f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if len(losses) != step:
         raise UserError(f"--resume {run_dir / runs.RESUME_CHECKPOINT}: damaged ({len(losses)} losses for step {step})")
-    if probe.steps[-1] == step and step % config.log.grad_every and len(probe.steps) > 1:
-        # The record an interruption added off the schedule: the finished run has none there.
-        del probe.steps[-1], probe.grad_norm[-1], probe.cell_grad_norm[-1:]
     state = Training(model, optimizer, stream, History(losses), probe, train_s)
     if should_stop is not None and should_stop():
         raise KeyboardInterrupt
@@ -296,6 +289,7 @@ def resume_into(run_dir: Path, overrides: list[str], resumable: tuple[dict[str, 
     meta = {**old_meta, "status": "running", "ended": None, "device": str(device), "pid": os.getpid(),
             "host": socket.gethostname(), "resumed": resumed}
     runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
+    _save_checkpoint(run_dir, config, state)  # with the config as changed, so config.yaml and it agree again
     runs.write_json(run_dir / runs.META, meta)
     _write_metrics(run_dir, losses)  # drops any rows a killed run wrote after its last checkpoint
     return _train_and_finish(run_dir, config, state, meta, started, report, should_stop)
@@ -322,7 +316,7 @@ def read_resumable(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any],
                         "(status running); stop it first")
     old = load_config(run_dir / runs.CONFIG)
     config = load_config(run_dir / runs.CONFIG, overrides)
-    old_flat, new_flat = _flatten(config_to_dict(old)), _flatten(config_to_dict(config))
+    old_flat, new_flat = flatten(config_to_dict(old)), flatten(config_to_dict(config))
     changed = [key for key in new_flat if new_flat[key] != old_flat[key] and key not in RESUMABLE_KEYS]
     if changed:
         raise UserError(f"{where}: {changed[0]} cannot change when resuming (a resumed run may change "
@@ -337,16 +331,6 @@ def read_resumable(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any],
     if checkpoint.get("config") != config_to_dict(old):
         raise UserError(f"{where}: {runs.RESUME_CHECKPOINT} belongs to another config than {runs.CONFIG}")
     return meta, config, checkpoint
-
-
-def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def _write_metrics(run_dir: Path, losses: list[float]) -> None:
@@ -426,7 +410,7 @@ def run_resume(run_dir: Path, overrides: list[str], argv: list[str], show_progre
     config = resumable[1]
     progress = Progress(config.train.num_batches, config.name, show_progress)
     try:
-        return resume_into(Path(run_dir), overrides, resumable, argv, progress.update, should_stop)
+        result = resume_into(Path(run_dir), overrides, resumable, argv, progress.update, should_stop)
     except UserError:  # refused before anything was changed
         raise
     except BaseException as e:
@@ -434,6 +418,12 @@ def run_resume(run_dir: Path, overrides: list[str], argv: list[str], show_progre
         raise
     finally:
         progress.close()
+    run_dir = Path(run_dir)
+    if result is not None and result.status in runs.FINISHED and run_dir.name.endswith(runs.PARTIAL_SUFFIX):
+        # A --run-dir run resumed in DIR.partial moves into DIR once finished, as run_train would have moved it.
+        final = run_dir.with_name(run_dir.name[: -len(runs.PARTIAL_SUFFIX)])
+        result = dataclasses.replace(result, run_dir=runs.publish_run_dir(run_dir, final))
+    return result
 
 
 def ended_by(error: BaseException) -> tuple[str, str]:

@@ -11,7 +11,7 @@ import torch
 
 from . import data, gradients, plots, runs
 from .config import Config, GradScanConfig, UserError, config_to_dict, config_to_yaml
-from .experiments import build_seeded_model, ended_by, new_meta, now_iso
+from .experiments import build_seeded_model, ended_by, new_meta
 
 # Gradients are computed in float64: at seq_len 1000 a first/last ratio of 1e-100 is common,
 # far below float32's smallest number, and it must come out as that number, not as 0.
@@ -79,7 +79,7 @@ def _scan_into(run_dir: Path, config: GradScanConfig, meta: dict, started: float
     _write_tables(run_dir, flow)
     _write_figures(run_dir, config, flow)
     wall_s = time.perf_counter() - started
-    meta.update(status="completed", ended=now_iso(), wall_s=round(wall_s, 3), scan_s=round(scan_s, 4),
+    meta.update(status="completed", ended=runs.now_iso(), wall_s=round(wall_s, 3), scan_s=round(scan_s, 4),
                 settings=len(weight_scales))
     runs.write_json(run_dir / runs.META, meta)
     return GradScanResult(run_dir, config, flow, scan_s, wall_s)

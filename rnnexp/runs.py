@@ -84,6 +84,11 @@ def remove_if_empty(run_dir: Path) -> None:
         pass
 
 
+def now_iso() -> str:
+    """The local time with its UTC offset, to the second, as meta.json records it."""
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
 def abandon(run_dir: Path, status: str, message: str) -> None:
     """After an error or interruption outside the normal end of a run: remove its folder if nothing was
     written, else mark a meta.json still saying ``running`` with ``status``; never raises (the disk may be full)."""
@@ -92,8 +97,7 @@ def abandon(run_dir: Path, status: str, message: str) -> None:
     try:
         meta = read_json(run_dir / META)
         if isinstance(meta, dict) and meta.get("status") == "running":
-            meta.update(status=status, message=message,
-                        ended=datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"))
+            meta.update(status=status, message=message, ended=now_iso())
             write_json(run_dir / META, meta)
     except (OSError, ValueError):
         pass

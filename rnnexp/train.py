@@ -42,16 +42,25 @@ class Adam:
         self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
-        torch._foreach_add_(self.steps, 1)
-        torch._fused_adam_(self.params, [p.grad for p in self.params], self.exp_avgs, self.exp_avg_sqs, [],
-                           self.steps, amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
-                           weight_decay=0.0, eps=self.eps, maximize=False, grad_scale=None, found_inf=None)
+        """One update of every parameter that has a gradient (as torch.optim skips those without)."""
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if len(live) < len(self.params):
+            pick = lambda tensors: [tensors[i] for i in live]  # noqa: E731
+            params, exp_avgs, exp_avg_sqs, steps = map(pick, (self.params, self.exp_avgs, self.exp_avg_sqs, self.steps))
+        else:
+            params, exp_avgs, exp_avg_sqs, steps = self.params, self.exp_avgs, self.exp_avg_sqs, self.steps
+        if not params:
+            return
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                           lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
+                           maximize=False, grad_scale=None, found_inf=None)
 
     def state_dict(self) -> dict:
         """In torch.optim.Adam's format: ``{"state": {i: {step, exp_avg, exp_avg_sq}}, "param_groups": [...]}``."""
@@ -79,6 +88,7 @@ class Adam:
 
 
 def make_optimizer(model: nn.Module, lr: float) -> Adam:
+    """The optimizer every rnnexp training uses: Adam over all of ``model``'s parameters."""
     return Adam(model.parameters(), lr=lr)
 
 
@@ -100,7 +110,7 @@ def train(model: nn.Module, optimizer: Adam, batches: Iterator[tuple[torch.Tenso
             history.status, history.message = "interrupted", f"interrupted at step {step}"
             break
         x, y = next(batches)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         pred, _ = model(x)
         loss = loss_fn(pred, y, target)
         value = loss.item()

@@ -124,6 +124,7 @@ BAD_SCALES = [
     (["-w", "1:2"], "--weight-scale '1:2': a range is start:stop:step, three numbers"),
     (["-w", "-5:5:0.001"], "--weight-scale '-5:5:0.001': more than 201 values"),
     (["-w", "inf"], "--weight-scale 'inf': 'inf' is not a finite number"),
+    (["-w", "1e308,-1e308"], "--weight-scale '1e308,-1e308': 1e308 is beyond +-1e+06"),
     (["-w", "-5:5:0.05", "-b", "-5:5:0.05", "--seq-len", "100"], "40401 settings x 1 layer(s) x seq_len 100"),
     (["--model", "gru"], "model.type = 'gru': expected one of rnn, lstm"),
     (["--nonlinearity", "sigmoid"], "model.nonlinearity = 'sigmoid': expected one of tanh, relu, identity"),

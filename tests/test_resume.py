@@ -103,7 +103,7 @@ def _metrics_rows(run_dir: Path) -> int:
 
 def test_kill_9_leaves_every_file_parseable_and_the_run_resumes_bit_for_bit(tmp_path):
     overrides = ["model.type=rnn", "train.num_batches=1600"]
-    proc = _start(tmp_path, *overrides)
+    proc = _start(tmp_path, "model.type=rnn", "train.num_batches=1000000")  # killed long before its end
     _wait_for(lambda: any(_metrics_rows(d) >= 500 for d in (tmp_path / "runs").glob("*")))  # one flush done
     proc.kill()
     proc.wait()
@@ -111,9 +111,8 @@ def test_kill_9_leaves_every_file_parseable_and_the_run_resumes_bit_for_bit(tmp_
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["status"] == "running" and meta["pid"] == proc.pid
     rows = list(csv.reader((run_dir / "metrics.csv").open()))
-    assert rows[0] == ["step", "loss"] and len(rows) - 1 in (500, 1000, 1500)
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert checkpoint["step"] in (500, 1000, 1500)
+    assert rows[0] == ["step", "loss"] and len(rows) - 1 in (500, 1000, 1500) and checkpoint["step"] <= 1500
     probes = list(csv.reader((run_dir / "gradnorms.csv").open()))  # the probe records so far survive too
     assert probes[0] == ["step", "layer", "timestep", "grad_norm"]
     assert {int(r[0]) for r in probes[1:]} >= set(range(0, 500, 9)) and all(float(r[3]) > 0 for r in probes[1:])
@@ -122,7 +121,7 @@ def test_kill_9_leaves_every_file_parseable_and_the_run_resumes_bit_for_bit(tmp_
     listed = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
     assert json.loads(listed.stdout)[0]["status"] == "dead"
 
-    result = runner.invoke(app, ["train", "--resume", str(run_dir), "--quiet"])
+    result = runner.invoke(app, ["train", "--resume", str(run_dir), "--quiet", "train.num_batches=1600"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1] == str(run_dir)
     full = _train(tmp_path, "full", SMALL + overrides)
@@ -259,8 +258,13 @@ def test_an_empty_runs_dir_is_refused_not_the_current_folder(tmp_path, monkeypat
 
 
 def test_a_crash_before_training_leaves_no_folder_and_one_after_says_failed(tmp_path, monkeypatch):
-    result = runner.invoke(app, ["train", "--quiet", "--runs-dir", str(tmp_path / "runs"), "model.hidden_size=100000000"])
-    assert result.exit_code == 1 and "internal error: RuntimeError" in result.stderr
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(experiments, "build_seeded_model", out_of_memory)
+        result = runner.invoke(app, ["train", "--quiet", "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and "internal error: RuntimeError: DefaultCPUAllocator" in result.stderr
     assert list((tmp_path / "runs").iterdir()) == []  # the empty run folder is removed
 
     def disk_full(*args, **kwargs):
@@ -275,8 +279,49 @@ def test_a_crash_before_training_leaves_no_folder_and_one_after_says_failed(tmp_
     assert meta["ended"]
 
 
-def test_a_gradscan_that_fails_is_marked_failed(tmp_path):
-    result = runner.invoke(app, ["gradscan", "--runs-dir", str(tmp_path / "runs"), "-w", "1e308,-1e308"])
-    assert result.exit_code == 1
+def test_a_gradscan_that_fails_is_marked_failed(tmp_path, monkeypatch):
+    from rnnexp import gradscan
+
+    def broken(*args, **kwargs):
+        raise ValueError("a plotting bug")
+
+    monkeypatch.setattr(gradscan, "_write_figures", broken)
+    result = runner.invoke(app, ["gradscan", "--runs-dir", str(tmp_path / "runs"), "-w", "1,2"])
+    assert result.exit_code == 1 and "internal error: ValueError: a plotting bug" in result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / "meta.json").read_text())["status"] == "failed"
+
+
+def test_a_resume_that_changes_a_setting_and_is_killed_can_be_resumed_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "FLUSH_EVERY", 1000)  # no periodic checkpoint in this short run
+    run = _train(tmp_path, "runs", SMALL + ["train.num_batches=10"], should_stop=_stop_after(4)).run_dir
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the process died right after the resume had started
+
+    with monkeypatch.context() as patch:
+        patch.setattr(experiments, "_train_and_finish", killed)
+        with pytest.raises(KeyboardInterrupt):
+            experiments.run_resume(run, ["train.lr=3e-3"], ["t"], False)
+    assert load_config(run / "config.yaml").train.lr == 3e-3
+    again = experiments.run_resume(run, [], ["t"], False)
+    assert again.status == "completed" and len(again.losses) == 10
+
+
+def test_a_changed_learning_rate_takes_effect_on_resume(tmp_path):
+    base = SMALL + ["train.num_batches=12"]
+    same = _train(tmp_path, "same", base, should_stop=_stop_after(6)).run_dir
+    changed = _train(tmp_path, "changed", base, should_stop=_stop_after(6)).run_dir
+    a = experiments.run_resume(same, [], ["t"], False)
+    b = experiments.run_resume(changed, ["train.lr=0.05"], ["t"], False)
+    assert a.losses[:7] == b.losses[:7] and a.losses[7:] != b.losses[7:]  # step 6 ran before the new rate acted
+
+
+def test_a_run_dir_run_resumed_in_its_partial_folder_moves_into_place(tmp_path):
+    target = tmp_path / "sweep" / "point"
+    result = experiments.run_train(load_config(None, SMALL + ["train.num_batches=6"]), tmp_path, ["t"], False,
+                                   run_dir=target, should_stop=_stop_after(2))
+    assert result.status == "interrupted" and result.run_dir == tmp_path / "sweep" / "point.partial"
+    resumed = experiments.run_resume(result.run_dir, [], ["t"], False)
+    assert resumed.run_dir == target and not result.run_dir.exists()
+    assert {p.name for p in target.iterdir()} == TRAIN_FILES and _metrics_rows(target) == 6
