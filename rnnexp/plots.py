@@ -26,7 +26,8 @@ def loss_figure(curves: dict[str, np.ndarray], title: str) -> Figure:
         steps = np.arange(len(losses))
         color = f"C{k}"
         ax.plot(steps, losses, color=color, alpha=0.2, linewidth=0.6)
-        ax.plot(steps, smooth(losses, max(1, len(losses) // 50)), color=color, linewidth=1.6, label=label)
+        ax.plot(steps, smooth(losses, max(1, len(losses) // 50)), color=color, linewidth=1.6, label=label,
+                marker="o" if len(losses) < 20 else None)  # a run that diverged at once has a point or two
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (MSE)")

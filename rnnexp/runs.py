@@ -44,7 +44,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def check_runs_dir(runs_dir: Path) -> None:
+def check_runs_dir(runs_dir: Path, option: str = "--runs-dir") -> None:
     """Raise a UserError if run folders cannot be made under ``runs_dir`` (nothing is created)."""
     probe = Path(runs_dir)
     while not probe.exists():
@@ -52,9 +52,9 @@ def check_runs_dir(runs_dir: Path) -> None:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise UserError(f"--runs-dir {runs_dir}: {probe} is a file, not a folder")
+        raise UserError(f"{option} {runs_dir}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"--runs-dir {runs_dir}: {probe} is not writable")
+        raise UserError(f"{option} {runs_dir}: {probe} is not writable")
 
 
 def create_run_dir(runs_dir: Path, name: str, now: datetime | None = None) -> Path:
@@ -134,7 +134,7 @@ def claim_run_dir(run_dir: Path) -> Path:
         status = _status_of(run_dir)
         raise UserError(f"--run-dir {run_dir}: already exists{f' (status {status})' if status else ''}; "
                         "a run folder is never overwritten: delete it to run this point again")
-    check_runs_dir(run_dir.parent)
+    check_runs_dir(run_dir.parent, "--run-dir")
     partial = partial_dir(run_dir)
     if partial.exists() and not partial.is_dir():
         raise UserError(f"--run-dir {run_dir}: {partial} is a file, not a folder")
