@@ -399,8 +399,9 @@ def _finish(status: str, message: str, run_dir: Path) -> None:
 
     resumable = (Path(run_dir) / RESUME_CHECKPOINT).is_file()
     if status == "diverged":
-        err.print(f"diverged: {message}; try a lower train.lr or set train.clip_grad_norm" + (
-            f", e.g. rnnexp train --resume {run_dir} train.clip_grad_norm=1" if resumable else ""), markup=False)
+        # Not --resume: the checkpoint holds the weights just before the bad step, usually already far gone.
+        err.print(f"diverged: {message}; start a new run with a lower train.lr or with train.clip_grad_norm set",
+                  markup=False)
     elif status == "interrupted":
         err.print(f"{message or 'interrupted'}; results so far are in {run_dir}" + (
             f"; continue with: rnnexp train --resume {run_dir}" if resumable else ""), markup=False)

@@ -295,6 +295,11 @@ def resume_into(run_dir: Path, overrides: list[str], resumable: tuple[dict[str, 
     return _train_and_finish(run_dir, config, state, meta, started, report, should_stop)
 
 
+def _fixed_part(raw: dict) -> dict[str, Any]:
+    """The keys of a config that a resume may not change."""
+    return {k: v for k, v in flatten(raw).items() if k not in RESUMABLE_KEYS}
+
+
 def read_resumable(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any], Config, dict[str, Any]]:
     """meta.json, the config with ``overrides`` applied, and checkpoint.pt of a run that may be resumed;
     a UserError when the folder is not one or the overrides would change the experiment."""
@@ -328,7 +333,9 @@ def read_resumable(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any],
                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{where}: {runs.RESUME_CHECKPOINT} is not an rnnexp checkpoint (format {CHECKPOINT_FORMAT})")
-    if checkpoint.get("config") != config_to_dict(old):
+    saved = checkpoint.get("config")
+    # A resume killed between writing config.yaml and checkpoint.pt leaves them apart in resumable keys only.
+    if not isinstance(saved, dict) or _fixed_part(saved) != _fixed_part(config_to_dict(old)):
         raise UserError(f"{where}: {runs.RESUME_CHECKPOINT} belongs to another config than {runs.CONFIG}")
     return meta, config, checkpoint
 

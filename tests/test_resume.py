@@ -154,7 +154,7 @@ def test_divergence_keeps_everything_up_to_that_step(tmp_path):
     result = runner.invoke(app, ["train", "--runs-dir", str(tmp_path / "runs"), "--quiet", *overrides])
     assert result.exit_code == 1
     run_dir = Path(result.stdout.strip().splitlines()[-1])
-    assert "diverged: " in result.stderr and "try a lower train.lr or set train.clip_grad_norm" in result.stderr
+    assert "diverged: " in result.stderr and "a lower train.lr or with train.clip_grad_norm set" in result.stderr
     assert {p.name for p in run_dir.iterdir()} == TRAIN_FILES
     meta = json.loads((run_dir / "meta.json").read_text())
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
@@ -304,6 +304,10 @@ def test_a_resume_that_changes_a_setting_and_is_killed_can_be_resumed_again(tmp_
         with pytest.raises(KeyboardInterrupt):
             experiments.run_resume(run, ["train.lr=3e-3"], ["t"], False)
     assert load_config(run / "config.yaml").train.lr == 3e-3
+    # Killed between its two writes: config.yaml new, checkpoint.pt still the old config's.
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    checkpoint["config"]["train"]["lr"] = 1e-4
+    torch.save(checkpoint, run / "checkpoint.pt")
     again = experiments.run_resume(run, [], ["t"], False)
     assert again.status == "completed" and len(again.losses) == 10
 
