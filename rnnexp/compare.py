@@ -183,6 +183,15 @@ def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: in
     configs = config.train_configs()
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(configs)))
     run_dir = runs.create_run_dir(runs_dir, config.name)
+    try:
+        return _compare_into(run_dir, config, configs, device, argv, jobs, show_progress)
+    except BaseException as e:  # e.g. a second Ctrl-C while the summary is written: meta.json must not say running
+        runs.abandon(run_dir, *ended_by(e))
+        raise
+
+
+def _compare_into(run_dir: Path, config: CompareConfig, configs: list[Config], device: torch.device, argv: list[str],
+                  jobs: int, show_progress: bool) -> CompareResult:
     started = time.perf_counter()
     meta = new_meta(config.seed, device, argv) | {"jobs": jobs}
     runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
