@@ -1,4 +1,4 @@
-"""Figures built with matplotlib's object API: no pyplot, no display, safe headless."""
+"""Figures built with matplotlib's object API (matplotlib.figure.Figure): no display, no global figures, safe headless."""
 from __future__ import annotations
 
 import numpy as np
