@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import DEVICES, SCALES_HELP, CompareConfig, UserError, load_config, load_gradscan_config, parse_scales
+from .config import DEVICES, RESUMABLE_KEYS, SCALES_HELP, CompareConfig, UserError, load_config, load_gradscan_config, parse_scales
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException
@@ -58,8 +58,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress outpu
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")]
 ResumeOpt = Annotated[Optional[Path], typer.Option(
     "--resume", help="Continue the interrupted, diverged or killed run in this folder from its last checkpoint, "
-                     "in place; overrides may change train.lr, train.clip_grad_norm, train.num_batches, "
-                     "log.grad_every, device.")]
+                     f"in place; overrides may change {', '.join(RESUMABLE_KEYS)}.")]
 RunDirOpt = Annotated[Optional[Path], typer.Option(
     "--run-dir", help="Train into exactly this folder instead of a new one under --runs-dir: trained in "
                       "DIR.partial, renamed to DIR once finished; refused if DIR exists.")]

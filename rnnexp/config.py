@@ -129,6 +129,9 @@ class CompareConfig:
         return out
 
 
+# Keys a resumed run (train --resume) may change; any other change would make it a different experiment.
+RESUMABLE_KEYS = ("device", "train.lr", "train.clip_grad_norm", "train.num_batches", "log.grad_every")
+
 # Values per scale option at most: the notebook's slider, -5 to 5 in steps of 0.05.
 MAX_SCALES = 201
 MAX_ABS_SCALE = 1e6  # a float64 RNN state overflows within a few steps long before this

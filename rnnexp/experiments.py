@@ -17,7 +17,7 @@ import torch
 
 from . import __version__, data, gradients, models, plots, runs
 from .runs import now_iso
-from .config import Config, UserError, config_to_dict, config_to_yaml, flatten, load_config
+from .config import RESUMABLE_KEYS, Config, UserError, config_to_dict, config_to_yaml, flatten, load_config
 from .train import Adam, History, evaluate, make_optimizer, train
 
 NUM_PLOTTED = 4  # held-out sequences drawn in predictions.png, as in the notebook
@@ -242,8 +242,6 @@ def _save_checkpoint(run_dir: Path, config: Config, state: Training) -> None:
     })
 
 
-# Keys a resumed run may change; any other change would make it a different experiment.
-RESUMABLE_KEYS = ("device", "train.lr", "train.clip_grad_norm", "train.num_batches", "log.grad_every")
 
 
 def resume_into(run_dir: Path, overrides: list[str], resumable: tuple[dict[str, Any], Config, dict[str, Any]],
