@@ -190,7 +190,7 @@ def train(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsD
 @user_errors
 def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsDirOpt = Path("runs"),
             device: DeviceOpt = None, jobs: Annotated[Optional[int], typer.Option(
-                "--jobs", "-j", min=1, help="Trainings run at once (default: the number of cores).")] = None,
+                "--jobs", "-j", min=1, help="Worker processes, each training one model in all its target modes (default: the number of cores).")] = None,
             quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Train several models side by side, in every target mode; one run folder with a sub-folder each."""
     cfg = load_config(config, _with_device(overrides, device), cls=CompareConfig)

@@ -1,4 +1,7 @@
-"""``rnnexp compare``: several models, each in every target mode, trained in parallel processes."""
+"""``rnnexp compare``: several models, each in every target mode, trained in parallel processes.
+
+The target modes of one model are trained together, as copies in one Engine (one process), and
+the models are spread over the processes, costliest first."""
 from __future__ import annotations
 
 import io
@@ -18,7 +21,7 @@ import torch
 
 from . import plots, runs
 from .config import CompareConfig, Config, config_to_yaml
-from .experiments import TrainResult, ended_by, new_meta, resolve_device, train_into, use_one_cpu_thread
+from .experiments import TrainResult, ended_by, new_meta, resolve_device, train_group_into, use_one_cpu_thread
 
 SUMMARY_COLUMNS = ["label", "target", "type", "num_layers", "hidden_size", "num_params", "final_train_loss",
                    "eval_mse", "wall_s", "steps_per_s", "status"]
@@ -36,8 +39,10 @@ def sub_dir_name(config: Config) -> str:
     return f"{config.name}_{config.train.target}"
 
 
-def _worker(index: int, config: Config, run_dir: Path, device: str, argv: list[str], messages) -> None:
-    """One training in its own process, with one torch thread (tiny matmuls are slower with more)."""
+def _worker(indices: list[int], configs: list[Config], dirs: list[Path], device: str, argv: list[str],
+            messages) -> None:
+    """One group of trainings (one model in every target mode) trained together in its own process, with one
+    torch thread (tiny matmuls are slower with more)."""
     use_one_cpu_thread(torch.device(device))
     # Ctrl-C reaches a worker twice (from the terminal and from the parent passing it on), SIGTERM
     # when the whole process group is sent it: each asks the training to stop after its current
@@ -45,23 +50,44 @@ def _worker(index: int, config: Config, run_dir: Path, device: str, argv: list[s
     stop_requested = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: stop_requested.append(signum))
-    recent: list[float] = []
 
-    def report(step: int, loss: float) -> None:
-        recent.append(loss)
-        if (step + 1) % REPORT_EVERY == 0 or step + 1 == config.train.num_batches:
-            messages.put(("step", index, step + 1, float(np.mean(recent[-100:]))))
-            del recent[:-100]
+    def reporter(index: int, total: int):
+        recent: list[float] = []
+
+        def report(step: int, loss: float) -> None:
+            recent.append(loss)
+            if (step + 1) % REPORT_EVERY == 0 or step + 1 == total:
+                messages.put(("step", index, step + 1, float(np.mean(recent[-100:]))))
+                del recent[:-100]
+        return report
 
     try:
-        result = train_into(run_dir, config, torch.device(device), argv, report, lambda: bool(stop_requested))
-        messages.put(("done", index, result))
+        results = train_group_into(dirs, configs, torch.device(device), argv,
+                                   [reporter(i, c.train.num_batches) for i, c in zip(indices, configs)],
+                                   lambda: bool(stop_requested))
+        for index, result in zip(indices, results):
+            messages.put(("done", index, result))
     except KeyboardInterrupt:  # before its training began: as if it had not started
-        runs.remove_if_empty(run_dir)
-        messages.put(("stopped", index))
+        for index, run_dir in zip(indices, dirs):
+            runs.remove_if_empty(run_dir)
+            messages.put(("stopped", index))
     except BaseException as e:  # a failed training must not take the others down
-        runs.abandon(run_dir, *ended_by(e))
-        messages.put(("failed", index, f"{e.__class__.__name__}: {e}", traceback.format_exc()))
+        for index, run_dir in zip(indices, dirs):
+            runs.abandon(run_dir, *ended_by(e))
+            messages.put(("failed", index, f"{e.__class__.__name__}: {e}", traceback.format_exc()))
+
+
+def groups_of(configs: list[Config]) -> list[list[int]]:
+    """The trainings that run together, as indices into ``configs``: every target mode of one model.
+    Costliest first, so that the longest group starts at once and the short ones fill in around it."""
+    groups: dict[str, list[int]] = {}
+    for k, c in enumerate(configs):
+        groups.setdefault(c.name, []).append(k)
+
+    def cost(group: list[int]) -> float:  # multiply-adds per step of one copy, roughly
+        m = configs[group[0]].model
+        return (4 if m.type == "lstm" else 1) * m.num_layers * m.hidden_size * (m.hidden_size + 1) * len(group) ** 0.5
+    return sorted(groups.values(), key=cost, reverse=True)
 
 
 class _Board:
@@ -105,7 +131,7 @@ class _Board:
 
 def run_jobs(configs: list[Config], dirs: list[Path], device: torch.device, argv: list[str], jobs: int,
              show_progress: bool) -> tuple[list[TrainResult | None], list[str], bool]:
-    """Train every config in its own process, at most ``jobs`` at a time.
+    """Train every group of ``groups_of(configs)`` in its own process, at most ``jobs`` at a time.
 
     Returns per training its TrainResult (None if it failed), an error message ('' if none),
     and whether the whole was interrupted.
@@ -121,19 +147,21 @@ def run_jobs(configs: list[Config], dirs: list[Path], device: torch.device, argv
     results: list[TrainResult | None] = [None] * len(configs)
     errors = [""] * len(configs)
     board = _Board([d.name for d in dirs], configs[0].train.num_batches, show_progress)
-    pending = list(range(len(configs)))
-    running: dict[int, Any] = {}
+    pending = groups_of(configs)
+    running: dict[int, tuple[Any, list[int]]] = {}  # group number -> (process, its training indices)
     finished: set[int] = set()
     interrupted = False
     try:
         while pending or running:
             try:
                 while pending and len(running) < jobs and not interrupted:
-                    k = pending.pop(0)
-                    dirs[k].mkdir()  # only trainings that start get a folder
-                    running[k] = ctx.Process(target=_worker, args=(k, configs[k], dirs[k], str(device), argv, messages),
-                                             daemon=True)
-                    running[k].start()
+                    group = pending.pop(0)
+                    for k in group:
+                        dirs[k].mkdir()  # only trainings that start get a folder
+                    proc = ctx.Process(target=_worker, args=(group, [configs[k] for k in group], [dirs[k] for k in group],
+                                                             str(device), argv, messages), daemon=True)
+                    running[group[0]] = (proc, group)
+                    proc.start()
                 if interrupted and not running:
                     break
                 try:
@@ -154,21 +182,25 @@ def run_jobs(configs: list[Config], dirs: list[Path], device: torch.device, argv
                         errors[k] = message[2]
                         board.end(k, f"failed: {message[2]}")
                     finished.add(k)
-                    running.pop(k).join()
-                for k, proc in list(running.items()):
-                    if not proc.is_alive() and k not in finished:
-                        time.sleep(0.2)  # its last message may still be in the pipe
+                for key, (proc, group) in list(running.items()):
+                    if all(k in finished for k in group):
+                        proc.join()
+                        running.pop(key)
+                    elif not proc.is_alive():
+                        time.sleep(0.2)  # its last messages may still be in the pipe
                         if messages.empty():
-                            errors[k] = f"worker process died (exit code {proc.exitcode})"
-                            board.end(k, f"failed: {errors[k]}")
-                            running.pop(k)
-                            finished.add(k)
+                            for k in group:
+                                if k not in finished:
+                                    errors[k] = f"worker process died (exit code {proc.exitcode})"
+                                    board.end(k, f"failed: {errors[k]}")
+                                    finished.add(k)
+                            running.pop(key)
             except KeyboardInterrupt:
                 # Ctrl-C reaches the workers too; SIGTERM only this process: pass it on. Each
-                # worker then stops its training, writes what it has, and reports.
+                # worker then stops its trainings, writes what it has, and reports.
                 interrupted = True
                 pending.clear()
-                for proc in running.values():
+                for proc, _ in running.values():
                     if proc.is_alive():
                         os.kill(proc.pid, signal.SIGINT)
     finally:
@@ -181,7 +213,7 @@ def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: in
     """``rnnexp compare``: every (model, target) into one run folder, with overlaid plots and a summary."""
     device = resolve_device(config.device)
     configs = config.train_configs()
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(configs)))
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(groups_of(configs))))
     run_dir = runs.create_run_dir(runs_dir, config.name)
     try:
         return _compare_into(run_dir, config, configs, device, argv, jobs, show_progress)

@@ -18,7 +18,8 @@ import torch
 from . import __version__, data, gradients, models, plots, runs
 from .runs import now_iso
 from .config import RESUMABLE_KEYS, Config, UserError, config_to_dict, config_to_yaml, flatten, load_config
-from .train import Adam, History, evaluate, make_optimizer, train
+from .engine import Engine, to_engine_layout
+from .train import History, evaluate
 
 NUM_PLOTTED = 4  # held-out sequences drawn in predictions.png, as in the notebook
 FINAL_LOSS_WINDOW = 100  # final_train_loss is the mean of this many last batches
@@ -154,94 +155,172 @@ def build_seeded_model(config: Config, label: str) -> models.RecurrentRegression
 
 @dataclass
 class Training:
-    """A training in progress: everything ``checkpoint.pt`` holds to continue it bit for bit."""
-    model: models.RecurrentRegressionModel
-    optimizer: Adam
-    stream: BatchStream
+    """One training in progress: everything ``checkpoint.pt`` holds to continue it bit for bit, but the
+    Adam state, which lives in the Engine that trains it (with the other copies of its group)."""
+    run_dir: Path
+    config: Config
+    model: models.RecurrentRegressionModel  # the engine's copy is written into it for probes, checkpoints, eval
+    stream: BatchStream  # shared by the trainings of a group that draw the same batches
     history: History
     probe: gradients.GradLog
+    meta: dict[str, Any]
+    started: float  # perf_counter at the start of this session
+    report: Callable[[int, float], None] | None = None
     train_s: float = 0.0  # seconds spent in training steps so far, over every session
+
+
+def _new_training(run_dir: Path, config: Config, device: torch.device, argv: list[str], stream: BatchStream,
+                  report: Callable[[int, float], None] | None) -> Training:
+    started = time.perf_counter()
+    model = build_seeded_model(config, config.name).to(device)
+    probe = gradients.GradLog(*(v[:PROBE_SEQUENCES].to(device) for v in eval_set(config)), config.train.target)
+    probe.record(model, 0)
+    return Training(run_dir, config, model, stream, History(), probe, new_meta(config.seed, device, argv), started,
+                    report)
+
+
+def _stream_key(config: Config) -> tuple:
+    return config.seed, config.task.name, config.task.seq_len, config.train.batch_size
+
+
+def train_group_into(run_dirs: list[Path], configs: list[Config], device: torch.device, argv: list[str],
+                     reports: list[Callable[[int, float], None] | None] | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> list[TrainResult]:
+    """Train ``configs`` together, each into its existing folder; ``reports[i](step, loss)`` sees every step of i.
+
+    The configs must differ at most in name, seed and train.target (the copies of one engine share
+    everything else); trainings with the same seed read one batch stream. ``should_stop()`` is asked
+    before every step; when it says yes the runs end ``interrupted``, with their checkpoints. Raises
+    KeyboardInterrupt, with nothing written, if it says yes before training begins.
+    """
+    reports = reports or [None] * len(configs)
+    streams: dict[tuple, BatchStream] = {}
+    trainings = [_new_training(run_dir, config, device, argv,
+                               streams.setdefault(_stream_key(config), BatchStream(config, device)), report)
+                 for run_dir, config, report in zip(run_dirs, configs, reports)]
+    first = configs[0].train
+    engine = Engine([t.model for t in trainings], [c.train.target for c in configs], first.lr, first.clip_grad_norm)
+    if should_stop is not None and should_stop():
+        raise KeyboardInterrupt
+    # Written only now, right before training, so that a Ctrl-C that comes earlier leaves
+    # empty folders (which the caller removes) and one that comes later interrupted runs.
+    for k, t in enumerate(trainings):
+        runs.write_text(t.run_dir / runs.CONFIG, config_to_yaml(t.config))
+        runs.write_json(t.run_dir / runs.META, t.meta)
+        _save_checkpoint(t, engine, k)
+    return _train_and_finish(trainings, engine, should_stop)
 
 
 def train_into(run_dir: Path, config: Config, device: torch.device, argv: list[str],
                report: Callable[[int, float], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> TrainResult:
-    """Train ``config`` and write a complete run into the existing folder ``run_dir``; ``report(step, loss)`` sees every step.
+    """Train ``config`` and write a complete run into the existing folder ``run_dir``; ``report(step, loss)`` sees every step."""
+    return train_group_into([run_dir], [config], device, argv, [report], should_stop)[0]
 
-    ``should_stop()`` is asked before every step; when it says yes the run ends ``interrupted``,
-    with its checkpoint. Raises KeyboardInterrupt, with nothing written, if it says yes before training begins.
+
+def _train_steps(trainings: list[Training], engine: Engine, should_stop: Callable[[], bool] | None) -> bool:
+    """Run the remaining steps of ``trainings`` (engine copy k is trainings[k]), checkpointing as they go.
+
+    A copy whose loss or gradient stops being finite ends ``diverged`` with its state from before that step
+    and leaves the engine; the others go on. Returns False when a hard stop (KeyboardInterrupt) came mid-step.
     """
-    started = time.perf_counter()
-    meta = new_meta(config.seed, device, argv)
-    model = build_seeded_model(config, config.name).to(device)
-    probe = gradients.GradLog(*(v[:PROBE_SEQUENCES].to(device) for v in eval_set(config)), config.train.target)
-    probe.record(model, 0)
-    state = Training(model, make_optimizer(model, config.train.lr), BatchStream(config, device), History(), probe)
-    if should_stop is not None and should_stop():
-        raise KeyboardInterrupt
-    # Written only now, right before training, so that a Ctrl-C that comes earlier leaves an
-    # empty folder (which the caller removes) and one that comes later an interrupted run.
-    runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
-    runs.write_json(run_dir / runs.META, meta)
-    _save_checkpoint(run_dir, config, state)
-    return _train_and_finish(run_dir, config, state, meta, started, report, should_stop)
-
-
-def _train_and_finish(run_dir: Path, config: Config, state: Training, meta: dict[str, Any], started: float,
-                      report: Callable[[int, float], None] | None,
-                      should_stop: Callable[[], bool] | None) -> TrainResult:
-    """Run the remaining steps of ``state``, checkpointing as it goes, then write every result file."""
-    history, model = state.history, state.model
+    config = trainings[0].config
+    active = list(trainings)
+    step = len(active[0].history.losses)
     segment_start = time.perf_counter()
-    train_s_before = state.train_s
+    train_s_before = [t.train_s for t in trainings]
 
-    def on_step(step: int, loss: float) -> None:
-        if report is not None:
-            report(step, loss)
-        if (step + 1) % config.log.grad_every == 0:
-            state.probe.record(model, step + 1)
-        if (step + 1) % FLUSH_EVERY == 0:
-            state.train_s = train_s_before + time.perf_counter() - segment_start
-            _write_metrics(run_dir, history.losses)
-            _write_gradnorms(run_dir, config, state.probe, plot=False)
-            _save_checkpoint(run_dir, config, state)
+    def clock() -> None:
+        for t, before in zip(trainings, train_s_before):
+            if t in active:
+                t.train_s = before + time.perf_counter() - segment_start
 
-    consistent = True
     try:
-        train(model, state.optimizer, state.stream, config.train.num_batches, config.train.target,
-              config.train.clip_grad_norm, on_step, start_step=len(history.losses), history=history,
-              should_stop=should_stop)
+        while active and step < config.train.num_batches:
+            if should_stop is not None and should_stop():
+                for t in active:
+                    t.history.status, t.history.message = "interrupted", f"interrupted at step {step}"
+                break
+            streams = list(dict.fromkeys(t.stream for t in active))
+            batches = [next(s) for s in streams]
+            index = [streams.index(t.stream) for t in active]
+            x = to_engine_layout([b[0] for b in batches], index)
+            y = to_engine_layout([b[1] for b in batches], index)
+            losses, bad = engine.step(x, y)
+            while bad:
+                clock()
+                for k, why in bad.items():
+                    t = active[k]
+                    t.history.status, t.history.message = "diverged", f"{why} at step {step}"
+                    engine.copy_to(k, t.model)
+                    _save_checkpoint(t, engine, k)  # the state before the step that went wrong
+                keep = [k for k in range(len(active)) if k not in bad]
+                engine.drop(list(bad))
+                active = [active[k] for k in keep]
+                if not active:
+                    break
+                x, y = x[keep].contiguous(), y[keep].contiguous()
+                losses, bad = engine.step(x, y)
+            step += 1
+            for t, loss in zip(active, losses):
+                t.history.losses.append(loss)
+                if t.report is not None:
+                    t.report(step - 1, loss)
+            probe, flush = step % config.log.grad_every == 0, step % FLUSH_EVERY == 0
+            if probe or flush:
+                clock()
+                for k, t in enumerate(active):
+                    engine.copy_to(k, t.model)
+                    if probe:
+                        t.probe.record(t.model, step)
+                    if flush:
+                        _write_metrics(t.run_dir, t.history.losses)
+                        _write_gradnorms(t.run_dir, t.config, t.probe, plot=False)
+                        _save_checkpoint(t, engine, k)
     except KeyboardInterrupt:  # a hard stop, perhaps mid-step: the last periodic checkpoint stays
-        history.status, history.message = "interrupted", f"interrupted at step {len(history.losses)}"
-        consistent = False
-    state.train_s = train_s_before + time.perf_counter() - segment_start
-    if consistent:  # before the closing probe record, which a resumed run must not carry on with
-        _save_checkpoint(run_dir, config, state)
-    state.probe.record(model, len(history.losses))
-    _write_gradnorms(run_dir, config, state.probe)
-    result = _finish(run_dir, config, model, history, state.train_s)
-    meta.update(status=history.status, ended=now_iso(), message=history.message,
-                wall_s=round((meta.get("wall_s") or 0.0) + time.perf_counter() - started, 3))
-    runs.write_json(run_dir / runs.META, meta)  # last: a run is complete once its meta says so
-    return result
+        for k, t in enumerate(active):
+            t.history.status, t.history.message = "interrupted", f"interrupted at step {len(t.history.losses)}"
+            if k < engine.K:
+                engine.copy_to(k, t.model)  # for model.pt and the closing eval
+        clock()
+        return False
+    clock()
+    for k, t in enumerate(active):
+        engine.copy_to(k, t.model)
+        _save_checkpoint(t, engine, k)  # before the closing probe record, which a resumed run must not carry on with
+    return True
 
 
-def _save_checkpoint(run_dir: Path, config: Config, state: Training) -> None:
-    """checkpoint.pt: model, optimizer, data generator, losses and probe records after ``len(losses)`` steps."""
-    probe = state.probe
-    runs.write_torch(run_dir / runs.RESUME_CHECKPOINT, {
-        "format": CHECKPOINT_FORMAT, "step": len(state.history.losses), "config": config_to_dict(config),
-        "state_dict": {k: v.cpu() for k, v in state.model.state_dict().items()},
-        "optimizer": state.optimizer.state_dict(),
-        "generator": state.stream.state_at(len(state.history.losses)),
-        "losses": torch.tensor(state.history.losses, dtype=torch.float64),
+def _train_and_finish(trainings: list[Training], engine: Engine,
+                      should_stop: Callable[[], bool] | None) -> list[TrainResult]:
+    """Train the remaining steps, then write every result file of every training."""
+    _train_steps(trainings, engine, should_stop)
+    results = []
+    for t in trainings:
+        t.probe.record(t.model, len(t.history.losses))
+        _write_gradnorms(t.run_dir, t.config, t.probe)
+        results.append(_finish(t.run_dir, t.config, t.model, t.history, t.train_s))
+        t.meta.update(status=t.history.status, ended=now_iso(), message=t.history.message,
+                      wall_s=round((t.meta.get("wall_s") or 0.0) + time.perf_counter() - t.started, 3))
+        runs.write_json(t.run_dir / runs.META, t.meta)  # last: a run is complete once its meta says so
+    return results
+
+
+def _save_checkpoint(t: Training, engine: Engine, k: int) -> None:
+    """checkpoint.pt of engine copy ``k`` (``t``, whose model holds that copy's weights): model, optimizer, data
+    generator, losses and probe records after ``len(losses)`` steps."""
+    probe = t.probe
+    runs.write_torch(t.run_dir / runs.RESUME_CHECKPOINT, {
+        "format": CHECKPOINT_FORMAT, "step": len(t.history.losses), "config": config_to_dict(t.config),
+        "state_dict": {k: v.cpu() for k, v in t.model.state_dict().items()},
+        "optimizer": engine.optimizer_state(k, t.model),
+        "generator": t.stream.state_at(len(t.history.losses)),
+        "losses": torch.tensor(t.history.losses, dtype=torch.float64),
         "probe_steps": list(probe.steps),
         "probe_grad_norm": torch.from_numpy(np.stack(probe.grad_norm)),
         "probe_cell_grad_norm": torch.from_numpy(np.stack(probe.cell_grad_norm)) if probe.cell_grad_norm else None,
-        "train_s": state.train_s,
+        "train_s": t.train_s,
     })
-
-
 
 
 def resume_into(run_dir: Path, overrides: list[str], resumable: tuple[dict[str, Any], Config, dict[str, Any]],
@@ -263,9 +342,8 @@ def resume_into(run_dir: Path, overrides: list[str], resumable: tuple[dict[str, 
     try:
         model.load_state_dict(checkpoint["state_dict"])
         model.to(device)
-        optimizer = make_optimizer(model, config.train.lr)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        optimizer.lr = config.train.lr  # train.lr may have been changed for the rest of the run
+        engine = Engine([model], [config.train.target], config.train.lr, config.train.clip_grad_norm)
+        engine.load_optimizer_state(0, model, checkpoint["optimizer"])
         stream = BatchStream(config, device, checkpoint["generator"], drawn=step)
         losses = checkpoint["losses"].tolist()
         probe = gradients.GradLog(*(v[:PROBE_SEQUENCES].to(device) for v in eval_set(config)), config.train.target,
@@ -279,18 +357,18 @@ def resume_into(run_dir: Path, overrides: list[str], resumable: tuple[dict[str, 
                         f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if len(losses) != step:
         raise UserError(f"--resume {run_dir / runs.RESUME_CHECKPOINT}: damaged ({len(losses)} losses for step {step})")
-    state = Training(model, optimizer, stream, History(losses), probe, train_s)
     if should_stop is not None and should_stop():
         raise KeyboardInterrupt
     resumed = list(old_meta.get("resumed") or []) + [{"at_step": step, "started": now_iso(), "command": argv,
                                                       "overrides": list(overrides)}]
     meta = {**old_meta, "status": "running", "ended": None, "device": str(device), "pid": os.getpid(),
             "host": socket.gethostname(), "resumed": resumed}
+    state = Training(run_dir, config, model, stream, History(losses), probe, meta, started, report, train_s)
     runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
-    _save_checkpoint(run_dir, config, state)  # with the config as changed, so config.yaml and it agree again
+    _save_checkpoint(state, engine, 0)  # with the config as changed, so config.yaml and it agree again
     runs.write_json(run_dir / runs.META, meta)
     _write_metrics(run_dir, losses)  # drops any rows a killed run wrote after its last checkpoint
-    return _train_and_finish(run_dir, config, state, meta, started, report, should_stop)
+    return _train_and_finish([state], engine, should_stop)[0]
 
 
 def _fixed_part(raw: dict) -> dict[str, Any]:

@@ -79,23 +79,21 @@ def test_train_and_compare_agree_for_the_same_model(tmp_path):
 
 
 def test_one_failed_training_does_not_stop_the_others(tmp_path, monkeypatch):
-    real = compare_module.train_into
+    real = compare_module.train_group_into
 
-    def flaky(run_dir, config, *args, **kwargs):
-        if config.model.type == "lstm" and config.train.target == "last":
+    def flaky(run_dirs, configs, *args, **kwargs):
+        if configs[0].model.type == "lstm":
             raise RuntimeError("simulated crash")
-        return real(run_dir, config, *args, **kwargs)
+        return real(run_dirs, configs, *args, **kwargs)
 
-    monkeypatch.setattr(compare_module, "train_into", flaky)  # forked workers inherit it
+    monkeypatch.setattr(compare_module, "train_group_into", flaky)  # forked workers inherit it
     result, run_dir = _compare(tmp_path, "models=[{type: rnn, hidden_size: 4}, {type: lstm, hidden_size: 4}]", *SMALL)
     assert result.exit_code == 1
     rows = {(r["label"], r["target"]): r for r in json.loads((run_dir / "summary.json").read_text())}
-    assert rows[("lstm_1_layer", "last")]["status"] == "failed"
-    assert "simulated crash" in rows[("lstm_1_layer", "last")]["message"]
-    assert [r["status"] for k, r in rows.items() if k != ("lstm_1_layer", "last")] == ["completed"] * 3
-    assert "simulated crash" in result.stderr
-    meta = json.loads((run_dir / "meta.json").read_text())
-    assert meta["status"] == "failed" and meta["message"] == "lstm_1_layer (last) failed"
+    for target in ("all", "last"):  # the lstm's two target modes train together, so they fail together
+        assert rows[("lstm_1_layer", target)]["status"] == "failed"
+        assert "simulated crash" in rows[("lstm_1_layer", target)]["message"]
+        assert rows[("rnn_1_layer", target)]["status"] == "completed"
 
 
 @pytest.mark.parametrize("args,message", [
@@ -111,7 +109,7 @@ def test_bad_compare_input(tmp_path, args, message):
     assert not (tmp_path / "runs").exists()
 
 
-def test_ctrl_c_stops_the_running_training_and_starts_no_other(tmp_path):
+def test_ctrl_c_stops_the_running_trainings_and_starts_no_other(tmp_path):
     import os
     import signal
     import subprocess
@@ -124,16 +122,18 @@ def test_ctrl_c_stops_the_running_training_and_starts_no_other(tmp_path):
                              "train.num_batches=100000", "eval.num_sequences=16"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
-    while not list(runs.glob("*/rnn_1_layer_all/metrics.csv")) and time.monotonic() < deadline:
+    # The costlier model (the lstm, both target modes together) runs first; the rnn waits for the one job.
+    while not list(runs.glob("*/lstm_1_layer_all/metrics.csv")) and time.monotonic() < deadline:
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     run_dir = Path(stdout.strip().splitlines()[-1])
     rows = {(r["label"], r["target"]): r for r in json.loads((run_dir / "summary.json").read_text())}
-    assert rows[("rnn_1_layer", "all")]["status"] == "interrupted", rows[("rnn_1_layer", "all")]
-    for key in [("rnn_1_layer", "last"), ("lstm_1_layer", "all"), ("lstm_1_layer", "last")]:
-        assert rows[key]["status"] == "not started" and rows[key]["message"] == "interrupted before it started"
-    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["rnn_1_layer_all"]
+    for target in ("all", "last"):
+        assert rows[("lstm_1_layer", target)]["status"] == "interrupted", rows[("lstm_1_layer", target)]
+        assert json.loads((run_dir / f"lstm_1_layer_{target}" / "meta.json").read_text())["status"] == "interrupted"
+        row = rows[("rnn_1_layer", target)]
+        assert row["status"] == "not started" and row["message"] == "interrupted before it started"
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["lstm_1_layer_all", "lstm_1_layer_last"]
     assert json.loads((run_dir / "meta.json").read_text())["status"] == "interrupted"
-    assert json.loads((run_dir / "rnn_1_layer_all" / "meta.json").read_text())["status"] == "interrupted"

@@ -1,0 +1,142 @@
+"""The training engine (hand-written BPTT and Adam over K stacked copies) against autograd and against itself."""
+import itertools
+
+import pytest
+import torch
+
+from rnnexp import engine, experiments
+from rnnexp.config import load_config
+from rnnexp.train import make_optimizer, train
+
+CPU = torch.device("cpu")
+SMALL = ["model.hidden_size=8", "train.batch_size=4", "train.lr=3e-3"]
+
+
+def _config(*overrides):
+    return load_config(None, [*SMALL, *overrides])
+
+
+def _engine_losses(e: engine.Engine, streams: list, index: list[int], steps: int) -> list[list[float]]:
+    out = []
+    for _ in range(steps):
+        batches = [next(s) for s in streams]
+        x = engine.to_engine_layout([b[0] for b in batches], index)
+        y = engine.to_engine_layout([b[1] for b in batches], index)
+        losses, bad = e.step(x, y)
+        assert not bad
+        out.append(losses)
+    return out
+
+
+CASES = [(kind, layers, act, target, clip, seq_len)
+         for kind, layers, act, target, clip, seq_len in itertools.product(
+             ["rnn", "lstm"], [1, 2], ["tanh", "relu", "identity"], ["all", "last"], [None, 0.5], [1, 7])
+         if kind == "rnn" or act == "tanh"]
+
+
+@pytest.mark.parametrize("kind,layers,act,target,clip,seq_len", CASES)
+def test_engine_trains_as_autograd_does(kind, layers, act, target, clip, seq_len):
+    cfg = _config(f"model.type={kind}", f"model.num_layers={layers}", f"model.nonlinearity={act}",
+                  f"train.target={target}", f"train.clip_grad_norm={'null' if clip is None else clip}",
+                  f"task.seq_len={seq_len}")
+    reference, ours = experiments.build_seeded_model(cfg, "a"), experiments.build_seeded_model(cfg, "a")
+    history = train(reference, make_optimizer(reference, 3e-3), experiments.batch_stream(cfg, CPU), 20, target, clip)
+    e = engine.Engine([ours], [target], 3e-3, clip)
+    losses = _engine_losses(e, [experiments.batch_stream(cfg, CPU)], [0], 20)
+    e.copy_to(0, ours)
+    # Float rounding only: the engine's tanh is 2 sigmoid(2x) - 1 and its sums run in another order.
+    torch.testing.assert_close(torch.tensor([l[0] for l in losses]), torch.tensor(history.losses), rtol=0, atol=1e-5)
+    for a, b in zip(ours.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_three_layers_and_a_wide_input_agree_with_autograd():
+    cfg = _config("model.type=lstm", "model.num_layers=3")
+    reference, ours = experiments.build_seeded_model(cfg, "a"), experiments.build_seeded_model(cfg, "a")
+    history = train(reference, make_optimizer(reference, 3e-3), experiments.batch_stream(cfg, CPU), 10)
+    losses = _engine_losses(engine.Engine([ours], ["all"], 3e-3), [experiments.batch_stream(cfg, CPU)], [0], 10)
+    torch.testing.assert_close(torch.tensor([l[0] for l in losses]), torch.tensor(history.losses), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,layers", [("rnn", 1), ("rnn", 2), ("lstm", 1), ("lstm", 2)])
+def test_a_copy_does_not_depend_on_k_or_on_the_other_copies(kind, layers):
+    """Copy k of a K = 3 engine (two sharing a data stream, one with its own) equals that training alone, bit for bit."""
+    configs = [_config(f"model.type={kind}", f"model.num_layers={layers}", f"seed={seed}", f"train.target={target}",
+                       "train.clip_grad_norm=0.5") for seed, target in [(0, "all"), (0, "last"), (1, "all")]]
+
+    def run(which: list[int]):
+        e = engine.Engine([experiments.build_seeded_model(configs[i], "a") for i in which],
+                          [configs[i].train.target for i in which], 3e-3, 0.5)
+        seeds = list(dict.fromkeys(configs[i].seed for i in which))
+        streams = [experiments.batch_stream(configs[which[[configs[i].seed for i in which].index(s)]], CPU)
+                   for s in seeds]
+        losses = _engine_losses(e, streams, [seeds.index(configs[i].seed) for i in which], 15)
+        return losses, e
+
+    together, e3 = run([0, 1, 2])
+    for k in range(3):
+        alone, e1 = run([k])
+        assert [l[k] for l in together] == [l[0] for l in alone]
+        assert all(torch.equal(p[k], q[0]) for p, q in zip(e3.params, e1.params))
+        assert all(torch.equal(m[k], n[0]) for m, n in zip(e3.exp_avg_sq, e1.exp_avg_sq))
+
+
+def test_a_diverging_copy_is_reported_and_dropped_and_the_others_go_on_unchanged():
+    cfg = _config("model.type=lstm")
+    alone = engine.Engine([experiments.build_seeded_model(cfg, "a")], ["all"], 3e-3)
+    pair = engine.Engine([experiments.build_seeded_model(cfg, "a"), experiments.build_seeded_model(cfg, "b")],
+                         ["all", "last"], 3e-3)
+    stream = experiments.batch_stream(cfg, CPU)
+    for step in range(8):
+        x, y = next(stream)
+        x1, y1 = engine.to_engine_layout([x], [0]), engine.to_engine_layout([y], [0])
+        x2, y2 = engine.to_engine_layout([x], [0] * pair.K), engine.to_engine_layout([y], [0] * pair.K)
+        if step == 4:
+            x2[1, 0, 3, 2] = float("nan")  # copy 1's batch only
+        before = [p.clone() for p in pair.params]
+        losses, bad = pair.step(x2, y2)
+        if step == 4:
+            assert losses == [] and set(bad) == {1} and bad[1] == "loss became nan"
+            assert all(torch.equal(a, b) for a, b in zip(before, pair.params))  # no copy took the step
+            pair.drop([1])
+            losses, bad = pair.step(x2[:1].contiguous(), y2[:1].contiguous())
+        assert not bad
+        assert losses[0] == alone.step(x1, y1)[0][0]
+    assert pair.K == 1 and pair.targets == ["all"]
+    assert all(torch.equal(p, q) for p, q in zip(pair.params, alone.params))
+
+
+def test_non_finite_gradients_are_caught_with_and_without_clipping():
+    for clip in (None, 1.0):
+        cfg = _config("model.type=rnn", "model.nonlinearity=identity", "task.seq_len=50")
+        e = engine.Engine([experiments.build_seeded_model(cfg, "a")], ["all"], 3e-3, clip)
+        with torch.no_grad():
+            for p in e.params[:3]:
+                p.mul_(1e3)  # identity RNN, 50 steps: states and gradients overflow
+        x, y = next(experiments.batch_stream(cfg, CPU))
+        losses, bad = e.step(engine.to_engine_layout([x], [0]), engine.to_engine_layout([y], [0]))
+        assert losses == [] and list(bad) == [0] and ("loss became" in bad[0] or "gradient norm became" in bad[0])
+
+
+def test_weights_and_adam_state_in_the_notebooks_layout_and_torch_optims_format():
+    cfg = _config("model.type=lstm", "model.num_layers=2")
+    model = experiments.build_seeded_model(cfg, "a")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    e = engine.Engine([model], ["all"], 3e-3)
+    e.copy_to(0, model)
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())  # gate blocks back in place
+    _engine_losses(e, [experiments.batch_stream(cfg, CPU)], [0], 5)
+    e.copy_to(0, model)
+    state = e.optimizer_state(0, model)
+    reference = torch.optim.Adam(model.parameters(), lr=3e-3, fused=True)
+    reference.load_state_dict(state)  # torch.optim takes it as its own
+    assert reference.state_dict()["state"][0]["step"].item() == 5
+    # The state goes back into an engine exactly: a fresh engine continues as the first one does.
+    fresh = engine.Engine([model], ["all"], 3e-3)
+    fresh.load_optimizer_state(0, model, state)
+    assert all(torch.equal(a, b) for group in ("params", "exp_avg", "exp_avg_sq")
+               for a, b in zip(getattr(e, group), getattr(fresh, group)))
+    stream = experiments.batch_stream(cfg, CPU)
+    x, y = next(stream)
+    x, y = engine.to_engine_layout([x], [0]), engine.to_engine_layout([y], [0])
+    assert e.step(x, y) == fresh.step(x, y)
