@@ -11,8 +11,11 @@ reference the tests hold this engine to.
 Layout (per copy k, batch innermost so each whole-sequence product is one ``bmm`` without copies):
   sequences ``(K, features, T, B)``;
   per layer ``W_ih (K, G, I)``, ``W_hh (K, G, H)``, ``b (K, G)`` with G = H (rnn) or 4H (lstm, gate
-  blocks f, i, o, g as in the notebook): the notebook's ``weight = cat([W_ih, W_hh], 1)``;
+  blocks f, i, g, o: the notebook's f, i, o, g with the last two swapped): the notebook's
+  ``weight = cat([W_ih, W_hh], 1)``;
   head ``W_o (K, O, H)``, ``b_o (K, O)``.
+The layers of a stack advance together, as a wavefront (``_Stack``), so that a 2-layer model costs
+not much more Python calls than a 1-layer one.
 A copy's numbers do not depend on K or on the other copies (every op is per copy; a test checks
 K = 1 against K = 3 bit for bit), so a compare's sub-run resumes alone exactly as it would have gone on.
 """
@@ -23,16 +26,13 @@ import math
 import torch
 from torch import nn
 
-from .models import LSTMLayer, RNNLayer, recurrent_layers
+from .models import NONLINEARITIES, LSTMLayer, RNNLayer, recurrent_layers
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
-_ACTIVATIONS = {"tanh", "relu", "identity"}
 
 
 def _activation_name(layer: RNNLayer) -> str:
-    from .models import NONLINEARITIES
-
     for name, fn in NONLINEARITIES.items():
         if layer.nonlinearity is fn:
             return name
@@ -61,124 +61,170 @@ def _split(weight: torch.Tensor, bias: torch.Tensor, input_size: int, lstm: bool
     return [weight[:, :input_size], weight[:, input_size:], bias]
 
 
-class _Layer:
-    """Buffers of one recurrent layer and views of them per timestep, made once."""
+class _Stack:
+    """Buffers of every recurrent layer, laid out so that all layers advance together, as a wavefront.
 
-    def __init__(self, kind: str, activation: str, K: int, T: int, B: int, H: int, device: torch.device):
+    Layer l's timestep t is computed at wave w = t + l (it needs layer l-1's h_t, made at wave w - 1, and
+    its own h_{t-1}, also made at wave w - 1), so one wave runs every layer at once: its recurrent
+    matmul is one bmm over (layers x copies) and each elementwise op one call for all layers. Buffers are
+    (L, K, features, waves, B); a state buffer has one more slot than there are waves, slot w + 1 holding
+    the state made at wave w and slot l layer l's zero initial state. Positions a layer never visits stay 0.
+    """
+
+    def __init__(self, kind: str, activation: str, L: int, K: int, T: int, B: int, H: int, device: torch.device):
         G = 4 * H if kind == "lstm" else H
-        self.kind, self.activation, self.H, self.G, self.T = kind, activation, H, G, T
+        W = T + L - 1  # waves
+        self.kind, self.activation, self.L, self.K, self.T, self.B, self.H, self.G, self.W = \
+            kind, activation, L, K, T, B, H, G, W
         z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
-        self.one = torch.ones((), device=device)
+        self.one, self.zero = torch.ones((), device=device), torch.zeros((), device=device)
         self.two, self.minus_one = torch.full((), 2.0, device=device), torch.full((), -1.0, device=device)
-        self.XW = z(K, G, T, B)  # pre-activations; the input part is filled for all steps at once
-        self.HS = z(K, H, T + 1, B)  # slot 0 is h_0 = 0, h_t is in slot t + 1
-        self.XW_t = [self.XW[:, :, t] for t in range(T)]
-        self.HS_t = [self.HS[:, :, t] for t in range(T + 1)]
-        self.HS_seq = self.HS[:, :, 1:].reshape(K, H, T * B)  # a view: the layer's output sequence
-        self.HS_prev = self.HS[:, :, 1:T].reshape(K, H, (T - 1) * B)  # h_1 .. h_{T-1}, multiplying steps 2 .. T
-        self.dXW = z(K, G, T, B)  # dLoss/d(pre-activation)
-        self.dXW_t = [self.dXW[:, :, t] for t in range(T)]
-        self.dXW_next = self.dXW[:, :, 1:].reshape(K, G, (T - 1) * B)
-        if kind == "rnn":
-            self.dact = z(K, H, T, B)
-            self.dact_t = [self.dact[:, :, t] for t in range(T)]
-            return
-        # The engine keeps an LSTM's gate blocks in the order f, i, g, o (the notebook's is f, i, o, g), so that
-        # the three blocks dc flows into are adjacent; and it keeps 2c and 2g, whose sigmoids give the tanhs.
-        self.S4 = z(K, 4 * H, T, B)  # sigmoid of every gate pre-activation, the g block's doubled
-        self.G2 = z(K, H, T, B)  # 2 g = 2 tanh(pre_g)
-        self.C2 = z(K, H, T + 1, B)  # 2 c; slot 0 is c_0 = 0
-        self.TC = z(K, H, T, B)  # tanh(c_t)
-        self.Q = z(K, H, T, B)  # dc_t += dh_t * Q_t
-        self.P = z(K, G, T, B)  # dpre_t = [dc, dc, dc, dh] * P_t
         self.minus_two, self.four = torch.full((), -2.0, device=device), torch.full((), 4.0, device=device)
-        self.zero = torch.zeros((), device=device)
-        self.S4_t = [self.S4[:, :, t] for t in range(T)]
-        self.f_t = [self.S4[:, :H, t] for t in range(T)]
-        self.i_t = [self.S4[:, H:2 * H, t] for t in range(T)]
-        self.g_t = [self.S4[:, 2 * H:3 * H, t] for t in range(T)]
-        self.o_t = [self.S4[:, 3 * H:, t] for t in range(T)]
-        self.G2_t = [self.G2[:, :, t] for t in range(T)]
-        self.C2_t = [self.C2[:, :, t] for t in range(T + 1)]
-        self.TC_t = [self.TC[:, :, t] for t in range(T)]
-        self.Q_t = [self.Q[:, :, t] for t in range(T)]
-        self.P3_t = [self.P[:, :3 * H, t].view(K, 3, H, B) for t in range(T)]
-        self.Po_t = [self.P[:, 3 * H:, t] for t in range(T)]
-        self.dXW3_t = [self.dXW[:, :3 * H, t].view(K, 3, H, B) for t in range(T)]
-        self.dXWo_t = [self.dXW[:, 3 * H:, t] for t in range(T)]
-        self.dh = z(K, H, B)
+        self.XW = z(L, K, G, W, B)  # pre-activations: input part (layer 0: all at once; others: per wave)
+        self.HS = z(L, K, H, W + 1, B)
+        self.dXW = z(L, K, G, W + 1, B)  # dLoss/d(pre-activation); the last slot stays 0
+        self.E = z(L, K, H, W, B)  # dLoss/dh from the head (top layer only; 0 elsewhere)
+        self.dh = z(L, K, H, B)
+        self.span = [(max(0, w - T + 1), min(L - 1, w)) for w in range(W)]  # layers active at wave w
+        nk = lambda lo, hi: (hi - lo + 1) * K  # noqa: E731
+        # per wave: views of the active layers, (layers * copies, features, B) for bmm, (layers, copies, ...) otherwise
+        self.XW_w = [self.XW[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
+        self.XWr_w = [v.reshape(nk(lo, hi), G, B) for v, (lo, hi) in zip(self.XW_w, self.span)]
+        self.Hin_w = [self.HS[lo:hi + 1, :, :, w].reshape(nk(lo, hi), H, B) for w, (lo, hi) in enumerate(self.span)]
+        self.Hout_w = [self.HS[lo:hi + 1, :, :, w + 1] for w, (lo, hi) in enumerate(self.span)]
+        self.dXW_w = [self.dXW[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
+        self.dXWnext_w = [self.dXW[lo:hi + 1, :, :, w + 1].reshape(nk(lo, hi), G, B) for w, (lo, hi) in enumerate(self.span)]
+        self.E_w = [self.E[lo:hi + 1, :, :, w].reshape(nk(lo, hi), H, B) for w, (lo, hi) in enumerate(self.span)]
+        self.dh_w = [self.dh[lo:hi + 1].reshape(nk(lo, hi), H, B) for lo, hi in self.span]
+        self.dh4_w = [self.dh[lo:hi + 1] for lo, hi in self.span]
+        # every layer's W_hh, layer-major, filled by the engine each step: as is (backward) and as the forward uses
+        # it (an LSTM's g rows doubled); and the pre-activations of a wave
+        self.W_hh = z(L * K, G, H)
+        self.W_hh_fwd = z(L * K, G, H) if kind == "lstm" else self.W_hh
+        self.PRE = z(L * K, G, B)
+        self.W_w = [self.W_hh_fwd[lo * K:(hi + 1) * K] for lo, hi in self.span]
+        self.WT_w = [self.W_hh[lo * K:(hi + 1) * K].transpose(1, 2) for lo, hi in self.span]
+        self.pre_w = [self.PRE[lo * K:(hi + 1) * K] for lo, hi in self.span]
+        self.pre4_w = [v.view(hi - lo + 1, K, G, B) for v, (lo, hi) in zip(self.pre_w, self.span)]
+        # upper layers: (layer, XW slot to fill, h of the layer below) per wave; (layer, dh, dXW above) per wave
+        self.up_w = [[(l, self.XW[l, :, :, w], self.HS[l - 1, :, :, w]) for l in range(max(lo, 1), hi + 1)]
+                     for w, (lo, hi) in enumerate(self.span)]
+        self.down_w = [[(l, self.dh[l], self.dXW[l + 1, :, :, w + 1]) for l in range(lo, min(hi, L - 2) + 1)]
+                       for w, (lo, hi) in enumerate(self.span)]
+        # per layer: its T steps (waves l .. l+T-1) and the states they read
+        self.seq = [self.HS[l, :, :, l + 1:l + T + 1].reshape(K, H, T * B) for l in range(L)]  # h_0 .. h_{T-1}
+        self.below = [self.HS[l - 1, :, :, l:l + T].reshape(K, H, T * B) if l else None for l in range(L)]
+        self.prev = [self.HS[l, :, :, l + 1:l + T].reshape(K, H, (T - 1) * B) for l in range(L)]  # h_0 .. h_{T-2}
+        self.dXW_seq = [self.dXW[l, :, :, l:l + T].reshape(K, G, T * B) for l in range(L)]
+        self.dXW_after = [self.dXW[l, :, :, l + 1:l + T].reshape(K, G, (T - 1) * B) for l in range(L)]
+        if kind == "rnn":
+            self.dact = z(L, K, H, W, B)
+            self.dact_w = [self.dact[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
+            return
+        # LSTM gate blocks are kept in the order f, i, g, o (the notebook's is f, i, o, g), so that the three
+        # blocks dc flows into are adjacent; the cell state is kept as 2c and g as 2g, whose sigmoids give tanhs.
+        self.S4 = z(L, K, G, W + 1, B)  # sigmoid of every gate pre-activation, the g block's doubled; last slot 0
+        self.G2 = z(L, K, H, W, B)  # 2 g
+        self.C2 = z(L, K, H, W + 1, B)  # 2 c, slots as HS
+        self.TC = z(L, K, H, W, B)  # tanh(c)
+        self.Q = z(L, K, H, W, B)  # dc += dh * Q
+        self.P = z(L, K, G, W, B)  # dpre = [dc, dc, dc, dh] * P
+        self.dC = z(L, K, H, W + 1, B)  # dLoss/dc; the last slot stays 0
+        self.S4_w = [self.S4[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
+        sl = lambda buf, a, b, w, lo, hi: buf[lo:hi + 1, :, a * H:b * H, w]  # noqa: E731
+        self.f_w = [sl(self.S4, 0, 1, w, lo, hi) for w, (lo, hi) in enumerate(self.span)]
+        self.i_w = [sl(self.S4, 1, 2, w, lo, hi) for w, (lo, hi) in enumerate(self.span)]
+        self.g_w = [sl(self.S4, 2, 3, w, lo, hi) for w, (lo, hi) in enumerate(self.span)]
+        self.o_w = [sl(self.S4, 3, 4, w, lo, hi) for w, (lo, hi) in enumerate(self.span)]
+        self.fnext_w = [sl(self.S4, 0, 1, w + 1, lo, hi) for w, (lo, hi) in enumerate(self.span)]
+        self.G2_w = [self.G2[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
+        self.Cin_w = [self.C2[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
+        self.Cout_w = [self.C2[lo:hi + 1, :, :, w + 1] for w, (lo, hi) in enumerate(self.span)]
+        self.TC_w = [self.TC[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
+        self.Q_w = [self.Q[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
+        self.dC_w = [self.dC[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
+        self.dCnext_w = [self.dC[lo:hi + 1, :, :, w + 1] for w, (lo, hi) in enumerate(self.span)]
+        self.P3_w = [self.P[lo:hi + 1, :, :3 * H, w].unflatten(2, (3, H)) for w, (lo, hi) in enumerate(self.span)]
+        self.Po_w = [self.P[lo:hi + 1, :, 3 * H:, w] for w, (lo, hi) in enumerate(self.span)]
+        self.dXW3_w = [self.dXW[lo:hi + 1, :, :3 * H, w].unflatten(2, (3, H)) for w, (lo, hi) in enumerate(self.span)]
+        self.dXWo_w = [self.dXW[lo:hi + 1, :, 3 * H:, w] for w, (lo, hi) in enumerate(self.span)]
 
-    def forward(self, W_hh: torch.Tensor) -> None:
-        """The recurrence over ``XW`` (input part already in), filling HS (and the LSTM's gates and cells).
+    def forward(self, W_ih: list, b: list) -> None:
+        """The recurrence, wave by wave, with ``W_hh_fwd`` as filled by the engine; layers l >= 1 take their
+        input part from ``W_ih[l]``, ``b[l]`` ((K, G, H), (K, G, 1)) as soon as the layer below has it.
 
-        tanh is computed as 2 sigmoid(2x) - 1 (torch's CPU tanh is several times slower than its sigmoid;
-        the two differ by float rounding, ~1e-7): for a tanh RNN, XW and W_hh h come in doubled
-        (``alpha=2``); for the LSTM, the g rows of XW and of ``W_hh`` (a doubled copy) are, so that one
-        sigmoid covers all four gate blocks. Doubling is exact in floating point.
+        tanh is computed as 2 sigmoid(2x) - 1 (torch's CPU tanh is several times slower than its sigmoid; the
+        two differ by float rounding, ~1e-7): a tanh RNN's pre-activations come in doubled, and so do an
+        LSTM's g rows (the caller doubles those rows of the weights, which is exact in floating point).
         """
-        T = self.T
-        if self.kind == "rnn":
-            for t in range(T):
-                h = self.HS_t[t + 1]
-                if self.activation == "tanh":
-                    pre2 = self.XW_t[t] if t == 0 else torch.baddbmm(self.XW_t[t], W_hh, self.HS_t[t], alpha=2)
-                    torch.sigmoid(pre2, out=h)
+        tanh_rnn = self.kind == "rnn" and self.activation == "tanh"
+        alpha = 2 if tanh_rnn else 1
+        for w in range(self.W):
+            for l, xw, below in self.up_w[w]:  # the input part of upper layers: h_{l-1} from wave w - 1
+                torch.baddbmm(b[l], W_ih[l], below, beta=alpha, alpha=alpha, out=xw)
+            if w == 0:  # layer 0's first step: h_{-1} = 0
+                pre = self.XW_w[0]
+            else:
+                torch.baddbmm(self.XWr_w[w], self.W_w[w], self.Hin_w[w], alpha=alpha, out=self.pre_w[w])
+                pre = self.pre4_w[w]
+            if self.kind == "rnn":
+                h = self.Hout_w[w]
+                if tanh_rnn:
+                    torch.sigmoid(pre, out=h)
                     torch.addcmul(self.minus_one, h, self.two, out=h)
-                    continue
-                pre = self.XW_t[t] if t == 0 else torch.baddbmm(self.XW_t[t], W_hh, self.HS_t[t])
-                if self.activation == "relu":
+                elif self.activation == "relu":
                     torch.clamp_min(pre, 0, out=h)  # torch.relu has no out=; same values
                 else:
                     h.copy_(pre)
-            return
-        for t in range(T):
-            gates = self.XW_t[t] if t == 0 else torch.baddbmm(self.XW_t[t], W_hh, self.HS_t[t])
-            torch.sigmoid(gates, out=self.S4_t[t])
-            torch.addcmul(self.minus_two, self.g_t[t], self.four, out=self.G2_t[t])  # 2 g = 2 (2 s - 1)
-            if t == 0:  # c_0 = 0
-                torch.mul(self.i_t[0], self.G2_t[0], out=self.C2_t[1])
-            else:
-                torch.mul(self.f_t[t], self.C2_t[t], out=self.C2_t[t + 1])
-                self.C2_t[t + 1].addcmul_(self.i_t[t], self.G2_t[t])
-            tc = self.TC_t[t]
-            torch.sigmoid(self.C2_t[t + 1], out=tc)
-            torch.addcmul(self.minus_one, tc, self.two, out=tc)  # tanh(c_t)
-            torch.mul(tc, self.o_t[t], out=self.HS_t[t + 1])
+                continue
+            torch.sigmoid(pre, out=self.S4_w[w])
+            torch.addcmul(self.minus_two, self.g_w[w], self.four, out=self.G2_w[w])  # 2 g = 2 (2 s - 1)
+            c = self.Cout_w[w]
+            torch.mul(self.f_w[w], self.Cin_w[w], out=c)  # c_{-1} = 0
+            c.addcmul_(self.i_w[w], self.G2_w[w])
+            tc = self.TC_w[w]
+            torch.sigmoid(c, out=tc)
+            torch.addcmul(self.minus_one, tc, self.two, out=tc)  # tanh(c)
+            torch.mul(tc, self.o_w[w], out=self.Hout_w[w])
 
-    def backward(self, dHS: torch.Tensor, W_hh: torch.Tensor, dW_hh: torch.Tensor) -> None:
-        """From dLoss/dh_t coming from above (K, H, T, B): fills dXW and writes dLoss/dW_hh into ``dW_hh``."""
-        T, H = self.T, self.H
-        Wt = W_hh.transpose(1, 2)
+    def backward(self, W_ihT: list) -> None:
+        """From ``E`` (dLoss/dh from the head) back through every wave: fills dXW. ``W_ihT[l]`` (K, H, G) is
+        layer l's input weight transposed."""
+        H, W = self.H, self.W
         if self.kind == "rnn":
-            hs = self.HS[:, :, 1:]
+            hs = self.HS[:, :, :, 1:]
             if self.activation == "tanh":
                 torch.addcmul(self.one, hs, hs, value=-1, out=self.dact)  # 1 - h^2
             elif self.activation == "relu":
                 torch.gt(hs, 0, out=self.dact)  # 1.0 where h > 0 (relu's gradient at 0 is 0, as torch's)
             else:
                 self.dact.fill_(1)
-            torch.mul(dHS, self.dact, out=self.dXW)
-            for t in range(T - 1, 0, -1):
-                self.dXW_t[t - 1].addcmul_(torch.bmm(Wt, self.dXW_t[t]), self.dact_t[t - 1])
         else:
-            S4, P, one = self.S4, self.P, self.one
+            S4, P, one = self.S4[:, :, :, :W], self.P, self.one
             dS = torch.addcmul(S4, S4, S4, value=-1)  # sigmoid' = s - s^2 (the g block's is not used)
-            torch.addcmul(self.zero, self.C2[:, :, :T], dS[:, :H], value=0.5, out=P[:, :H])  # f: c_{t-1} f'
-            torch.addcmul(self.zero, self.G2, dS[:, H:2 * H], value=0.5, out=P[:, H:2 * H])  # i: g i'
-            torch.mul(S4[:, H:2 * H], torch.addcmul(one, self.G2, self.G2, value=-0.25), out=P[:, 2 * H:3 * H])  # g: i g'
-            torch.mul(self.TC, dS[:, 3 * H:], out=P[:, 3 * H:])  # o: tanh(c) o'
-            torch.mul(S4[:, 3 * H:], torch.addcmul(one, self.TC, self.TC, value=-1), out=self.Q)  # o tanh'(c)
-            dh = self.dh
-            for t in range(T - 1, -1, -1):
-                if t == T - 1:
-                    dh.copy_(dHS[:, :, t])
-                    dc = dh * self.Q_t[t]
-                else:
-                    torch.baddbmm(dHS[:, :, t], Wt, self.dXW_t[t + 1], out=dh)
-                    dc = torch.addcmul(dc * self.f_t[t + 1], dh, self.Q_t[t])
-                torch.mul(dc.unsqueeze(1), self.P3_t[t], out=self.dXW3_t[t])
-                torch.mul(dh, self.Po_t[t], out=self.dXWo_t[t])
-        torch.bmm(self.dXW_next, self.HS_prev.transpose(1, 2), out=dW_hh)
+            torch.addcmul(self.zero, self.C2[:, :, :, :W], dS[:, :, :H], value=0.5, out=P[:, :, :H])  # f: c_{t-1} f'
+            torch.addcmul(self.zero, self.G2, dS[:, :, H:2 * H], value=0.5, out=P[:, :, H:2 * H])  # i: g i'
+            torch.mul(S4[:, :, H:2 * H], torch.addcmul(one, self.G2, self.G2, value=-0.25),
+                      out=P[:, :, 2 * H:3 * H])  # g: i g'
+            torch.mul(self.TC, dS[:, :, 3 * H:], out=P[:, :, 3 * H:])  # o: tanh(c) o'
+            torch.mul(S4[:, :, 3 * H:], torch.addcmul(one, self.TC, self.TC, value=-1), out=self.Q)  # o tanh'(c)
+        for w in range(W - 1, -1, -1):
+            # dh_t: from the head (top layer), from the same layer's step t+1, from the layer above's step t
+            if w == W - 1:  # the top layer's last step: nothing comes from later steps
+                self.dh_w[w].copy_(self.E_w[w])
+            else:
+                torch.baddbmm(self.E_w[w], self.WT_w[w], self.dXWnext_w[w], out=self.dh_w[w])
+            for l, dh_l, above in self.down_w[w]:
+                dh_l.baddbmm_(W_ihT[l + 1], above)
+            dh = self.dh4_w[w]
+            if self.kind == "rnn":
+                torch.mul(dh, self.dact_w[w], out=self.dXW_w[w])
+                continue
+            dc = self.dC_w[w]
+            torch.mul(self.fnext_w[w], self.dCnext_w[w], out=dc)
+            dc.addcmul_(dh, self.Q_w[w])
+            torch.mul(dc.unsqueeze(2), self.P3_w[w], out=self.dXW3_w[w])
+            torch.mul(dh, self.Po_w[w], out=self.dXWo_w[w])
 
 
 class Engine:
@@ -225,12 +271,15 @@ class Engine:
             return
         K, O, dev = self.K, self.output_dim, self.device
         self._shape = (T, B)
-        self.layers = [_Layer(self.kind, self.activation, K, T, B, self.hidden, dev) for _ in range(self.num_layers)]
-        if self.kind == "lstm":
-            H = self.hidden
-            self._g_doubled = torch.ones(1, 4 * H, 1, device=dev)
-            self._g_doubled[:, 2 * H:3 * H] = 2.0
-            self._W_hh2 = [torch.zeros_like(self.params[3 * l + 1]) for l in range(self.num_layers)]
+        L, H = self.num_layers, self.hidden
+        self.stack = _Stack(self.kind, self.activation, L, K, T, B, H, dev)
+        G = self.stack.G
+        if self.kind == "lstm":  # the g rows doubled (see _Stack.forward)
+            self._g_doubled = torch.ones(G, 1, device=dev)
+            self._g_doubled[2 * H:3 * H] = 2.0
+        self._E_top = self.stack.E[L - 1, :, :, L - 1:L - 1 + T].reshape(K, H, T * B)
+        self._XW0 = self.stack.XW[0, :, :, :T].reshape(K, G, T * B)
+        assert self._E_top._base is not None and self._XW0._base is not None  # views, written in place
         self.preds, self.diff, self.dP = (torch.zeros(K, O, T, B, device=dev) for _ in range(3))
         # dLoss_k/dpred = diff * scale_k: mean over every step ("all") or over the last one only ("last")
         self.scale = torch.zeros(K, 1, T, 1, device=dev)
@@ -246,25 +295,26 @@ class Engine:
         """x (K, I, T, B) -> predictions (K, O, T, B), keeping what backward needs."""
         K, _, T, B = x.shape
         self._buffers(T, B)
-        inp = x.reshape(K, x.shape[1], T * B)
-        self.inputs = []
-        for l, layer in enumerate(self.layers):
-            W_ih, W_hh, b = self.params[3 * l:3 * l + 3]
-            self.inputs.append(inp)
-            XW = layer.XW.view(K, layer.G, T * B)
-            if inp.shape[1] == 1:  # an outer product: bmm with an inner size of 1 is slow
-                torch.addcmul(b.unsqueeze(-1), W_ih, inp, out=XW)
-            else:
-                torch.baddbmm(b.unsqueeze(-1), W_ih, inp, out=XW)
-            if self.kind == "lstm":  # the g rows doubled (see _Layer.forward)
-                XW[:, 2 * self.hidden:3 * self.hidden].mul_(self._two)
-                W_hh = torch.mul(W_hh, self._g_doubled, out=self._W_hh2[l])
-            elif self.activation == "tanh":
-                XW.mul_(self._two)
-            layer.forward(W_hh)
-            inp = layer.HS_seq
+        st, L, H = self.stack, self.num_layers, self.hidden
+        W_ih0, _, b0 = self.params[:3]
+        self.x_in = inp = x.reshape(K, x.shape[1], T * B)
+        if inp.shape[1] == 1:  # an outer product: bmm with an inner size of 1 is slow
+            torch.addcmul(b0.unsqueeze(-1), W_ih0, inp, out=self._XW0)
+        else:
+            torch.baddbmm(b0.unsqueeze(-1), W_ih0, inp, out=self._XW0)
+        torch.cat([self.params[3 * l + 1] for l in range(L)], out=st.W_hh)
+        W_ih = [None] + [self.params[3 * l] for l in range(1, L)]
+        b = [None] + [self.params[3 * l + 2].unsqueeze(-1) for l in range(1, L)]
+        if self.kind == "lstm":  # 2 pre_g, exactly, from doubled g rows
+            st.XW[0, :, 2 * H:3 * H, :T].mul_(self._two)
+            torch.mul(st.W_hh, self._g_doubled, out=st.W_hh_fwd)
+            W_ih = [None] + [w * self._g_doubled for w in W_ih[1:]]
+            b = [None] + [v * self._g_doubled for v in b[1:]]
+        elif self.activation == "tanh":
+            self._XW0.mul_(self._two)
+        st.forward(W_ih, b)
         W_o, b_o = self.params[-2:]
-        torch.baddbmm(b_o.unsqueeze(-1), W_o, inp, out=self.preds.view(K, -1, T * B))
+        torch.baddbmm(b_o.unsqueeze(-1), W_o, st.seq[-1], out=self.preds.view(K, -1, T * B))
         return self.preds
 
     def _losses(self, y: torch.Tensor) -> torch.Tensor:
@@ -276,28 +326,27 @@ class Engine:
         return torch.where(self._last, sq[:, :, -1].flatten(1).mean(1), every)
 
     def _backward(self) -> None:
-        K, (T, B), g = self.K, self._shape, self.grads
+        K, (T, B), g, st, L = self.K, self._shape, self.grads, self.stack, self.num_layers
         torch.mul(self.diff, self.scale, out=self.dP)
         dP = self.dP.view(K, -1, T * B)
-        top = self.layers[-1]
-        torch.bmm(dP, top.HS_seq.transpose(1, 2), out=g[-2])
+        torch.bmm(dP, st.seq[-1].transpose(1, 2), out=g[-2])
         torch.sum(dP, dim=2, out=g[-1])
-        W_o = self.params[-2]
-        dHS = (torch.mul(W_o.transpose(1, 2), dP) if dP.shape[1] == 1 else torch.bmm(W_o.transpose(1, 2), dP))
-        dHS = dHS.view(K, self.hidden, T, B)
-        for l in range(self.num_layers - 1, -1, -1):
-            layer = self.layers[l]
-            W_ih, W_hh, _ = self.params[3 * l:3 * l + 3]
-            layer.backward(dHS, W_hh, g[3 * l + 1])
-            dXW = layer.dXW.view(K, layer.G, T * B)
-            inp = self.inputs[l]
-            if inp.shape[1] == 1:  # bmm with one output column goes another way for K = 1 than for K > 1
-                torch.sum(dXW * inp, dim=2, keepdim=True, out=g[3 * l])
-            else:
-                torch.bmm(dXW, inp.transpose(1, 2), out=g[3 * l])
-            torch.sum(dXW, dim=2, out=g[3 * l + 2])
+        W_oT = self.params[-2].transpose(1, 2)
+        if dP.shape[1] == 1:  # O == 1: an outer product
+            torch.mul(W_oT, dP, out=self._E_top)
+        else:
+            torch.bmm(W_oT, dP, out=self._E_top)
+        st.backward([None] + [self.params[3 * l].transpose(1, 2) for l in range(1, L)])
+        for l in range(L):
+            dXW = st.dXW_seq[l]
+            torch.bmm(st.dXW_after[l], st.prev[l].transpose(1, 2), out=g[3 * l + 1])
             if l > 0:
-                dHS = torch.bmm(W_ih.transpose(1, 2), dXW).view(K, self.hidden, T, B)
+                torch.bmm(dXW, st.below[l].transpose(1, 2), out=g[3 * l])
+            elif self.x_in.shape[1] == 1:  # bmm with one output column goes another way for K = 1 than for K > 1
+                torch.sum(dXW * self.x_in, dim=2, keepdim=True, out=g[0])
+            else:
+                torch.bmm(dXW, self.x_in.transpose(1, 2), out=g[0])
+            torch.sum(dXW, dim=2, out=g[3 * l + 2])
 
     def _norms(self) -> torch.Tensor:
         """Each copy's global gradient norm, (K,), as torch.nn.utils.clip_grad_norm_ takes it."""
