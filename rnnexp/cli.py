@@ -190,7 +190,7 @@ def train(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsD
 @user_errors
 def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsDirOpt = Path("runs"),
             device: DeviceOpt = None, jobs: Annotated[Optional[int], typer.Option(
-                "--jobs", "-j", min=1, help="Worker processes, each training one model in all its target modes (default: the number of cores).")] = None,
+                "--jobs", "-j", min=1, help="Worker processes; each trains one model in all its target modes and seeds (default: the number of cores).")] = None,
             quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Train several models side by side, in every target mode; one run folder with a sub-folder each."""
     cfg = load_config(config, _with_device(overrides, device), cls=CompareConfig)
@@ -198,11 +198,25 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: Run
 
     result = run_compare(cfg, runs_dir, sys.argv, jobs, show_progress=not quiet)
     count = len(result.rows)
-    table = Table(title=f"{cfg.name}: {count} training{'' if count == 1 else 's'} ({result.status})")
+    title = f"{cfg.name}: {count} training{'' if count == 1 else 's'} ({result.status})"
+    if cfg.seeds > 1:
+        out.print(_seeds_table(cfg, result.rows, title))
+        out.print("* best mean eval MSE per target; every training's numbers are in summary.csv", markup=False)
+    else:
+        out.print(_compare_table(cfg, result.rows, title))
+        out.print("* best eval MSE per target", markup=False)
+    for r in result.rows:
+        if r["status"] not in ("completed", "interrupted"):
+            err.print(f"{r['label']} ({r['target']}, seed {r['seed']}) {r['status']}: {r['message']}", markup=False)
+    _finish(result.status, "", result.run_dir)
+
+
+def _compare_table(cfg: CompareConfig, rows_all: list[dict], title: str) -> Table:
+    table = Table(title=title)
     for col in ("label", "target", "num_params", "final_train_loss", "eval_mse", "steps_per_s", "wall_s", "status"):
         table.add_column(col, justify="left" if col in ("label", "target", "status") else "right")
     for target in cfg.targets:
-        rows = [r for r in result.rows if r["target"] == target]
+        rows = [r for r in rows_all if r["target"] == target]
         scored = [r["eval_mse"] for r in rows if r["eval_mse"] is not None and r["status"] == "completed"]
         best = min(scored) if scored else None
         for r in rows:
@@ -210,12 +224,32 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: Run
             table.add_row(r["label"], target, _fmt(r["num_params"], "d"), _fmt(r["final_train_loss"]),
                           _fmt(r["eval_mse"]) + mark, _fmt(r["steps_per_s"], ".0f"), _fmt(r["wall_s"], ".1f"),
                           r["status"], style="bold" if mark else None)
-    out.print(table)
-    out.print("* best eval MSE per target", markup=False)
-    for r in result.rows:
-        if r["status"] not in ("completed", "interrupted"):
-            err.print(f"{r['label']} ({r['target']}) {r['status']}: {r['message']}", markup=False)
-    _finish(result.status, "", result.run_dir)
+    return table
+
+
+def _seeds_table(cfg: CompareConfig, rows: list[dict], title: str) -> Table:
+    """One line per (model, target): eval MSE over the seeds that completed."""
+    table = Table(title=title)
+    for col in ("label", "target", "completed", "eval_mse mean", "min", "max", "final_train_loss mean",
+                "steps/s (together)", "wall_s"):
+        table.add_column(col, justify="left" if col in ("label", "target") else "right")
+    for target in cfg.targets:
+        lines = []
+        for label in dict.fromkeys(r["label"] for r in rows):
+            mine = [r for r in rows if r["label"] == label and r["target"] == target]
+            done = [r for r in mine if r["status"] == "completed" and r["eval_mse"] is not None]
+            mses = [r["eval_mse"] for r in done]
+            losses = [r["final_train_loss"] for r in done]
+            speed = [r["steps_per_s"] for r in mine if r["steps_per_s"] is not None]
+            lines.append((label, len(done), len(mine), sum(mses) / len(mses) if mses else None, mses, losses,
+                          speed[0] if speed else None, max((r["wall_s"] or 0.0 for r in mine), default=None)))
+        best = min((line[3] for line in lines if line[3] is not None), default=None)
+        for label, n_done, n, mean, mses, losses, speed, wall in lines:
+            mark = " *" if mean is not None and mean == best else ""
+            table.add_row(label, target, f"{n_done}/{n}", _fmt(mean) + mark, _fmt(min(mses) if mses else None),
+                          _fmt(max(mses) if mses else None), _fmt(sum(losses) / len(losses) if losses else None),
+                          _fmt(speed, ".0f"), _fmt(wall, ".1f"), style="bold" if mark else None)
+    return table
 
 
 MAX_TABLE_ROWS = 40  # longer tables show their first and last half of this; the CSVs have every row

@@ -23,7 +23,7 @@ from . import plots, runs
 from .config import CompareConfig, Config, config_to_yaml
 from .experiments import TrainResult, ended_by, new_meta, resolve_device, train_group_into, use_one_cpu_thread
 
-SUMMARY_COLUMNS = ["label", "target", "type", "num_layers", "hidden_size", "num_params", "final_train_loss",
+SUMMARY_COLUMNS = ["label", "target", "seed", "type", "num_layers", "hidden_size", "num_params", "final_train_loss",
                    "eval_mse", "wall_s", "steps_per_s", "status"]
 REPORT_EVERY = 25  # steps between progress messages from a worker
 
@@ -35,8 +35,9 @@ class CompareResult:
     rows: list[dict[str, Any]]
 
 
-def sub_dir_name(config: Config) -> str:
-    return f"{config.name}_{config.train.target}"
+def sub_dir_name(config: Config, seeds: int = 1) -> str:
+    """``<label>_<target>``, and ``_seed<seed>`` when a comparison trains several seeds."""
+    return f"{config.name}_{config.train.target}" + (f"_seed{config.seed}" if seeds > 1 else "")
 
 
 def _worker(indices: list[int], configs: list[Config], dirs: list[Path], device: str, argv: list[str],
@@ -77,17 +78,23 @@ def _worker(indices: list[int], configs: list[Config], dirs: list[Path], device:
             messages.put(("failed", index, f"{e.__class__.__name__}: {e}", traceback.format_exc()))
 
 
-def groups_of(configs: list[Config]) -> list[list[int]]:
-    """The trainings that run together, as indices into ``configs``: every target mode of one model.
-    Costliest first, so that the longest group starts at once and the short ones fill in around it."""
-    groups: dict[str, list[int]] = {}
+def groups_of(configs: list[Config], jobs: int = 1) -> list[list[int]]:
+    """The trainings that run together, as indices into ``configs``: every target mode and seed of one model,
+    the largest groups split in two while there are fewer groups than ``jobs`` (a copy's numbers do not
+    depend on its group). Costliest first, so that the longest group starts at once and the others fill in."""
+    by_model: dict[str, list[int]] = {}
     for k, c in enumerate(configs):
-        groups.setdefault(c.name, []).append(k)
+        by_model.setdefault(c.name, []).append(k)
+    groups = list(by_model.values())
+    while len(groups) < jobs and max(len(g) for g in groups) > 1:
+        largest = max(groups, key=len)
+        groups.remove(largest)
+        groups += [largest[:len(largest) // 2], largest[len(largest) // 2:]]
 
-    def cost(group: list[int]) -> float:  # multiply-adds per step of one copy, roughly
+    def cost(group: list[int]) -> float:  # multiply-adds per step, roughly; more copies cost less than their share
         m = configs[group[0]].model
         return (4 if m.type == "lstm" else 1) * m.num_layers * m.hidden_size * (m.hidden_size + 1) * len(group) ** 0.5
-    return sorted(groups.values(), key=cost, reverse=True)
+    return sorted(groups, key=cost, reverse=True)
 
 
 class _Board:
@@ -147,7 +154,7 @@ def run_jobs(configs: list[Config], dirs: list[Path], device: torch.device, argv
     results: list[TrainResult | None] = [None] * len(configs)
     errors = [""] * len(configs)
     board = _Board([d.name for d in dirs], configs[0].train.num_batches, show_progress)
-    pending = groups_of(configs)
+    pending = groups_of(configs, jobs)
     running: dict[int, tuple[Any, list[int]]] = {}  # group number -> (process, its training indices)
     finished: set[int] = set()
     interrupted = False
@@ -213,7 +220,7 @@ def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: in
     """``rnnexp compare``: every (model, target) into one run folder, with overlaid plots and a summary."""
     device = resolve_device(config.device)
     configs = config.train_configs()
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(groups_of(configs))))
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(configs)))
     run_dir = runs.create_run_dir(runs_dir, config.name)
     try:
         return _compare_into(run_dir, config, configs, device, argv, jobs, show_progress)
@@ -228,13 +235,13 @@ def _compare_into(run_dir: Path, config: CompareConfig, configs: list[Config], d
     meta = new_meta(config.seed, device, argv) | {"jobs": jobs}
     runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
     runs.write_json(run_dir / runs.META, meta)
-    dirs = [run_dir / sub_dir_name(c) for c in configs]
+    dirs = [run_dir / sub_dir_name(c, config.seeds) for c in configs]
     results, errors, interrupted = run_jobs(configs, dirs, device, argv, jobs, show_progress)
 
     rows = []
     for c, result, error in zip(configs, results, errors):
         s = result.summary if result is not None else {}
-        rows.append({"label": c.name, "target": c.train.target, "type": c.model.type,
+        rows.append({"label": c.name, "target": c.train.target, "seed": c.seed, "type": c.model.type,
                      "num_layers": c.model.num_layers, "hidden_size": c.model.hidden_size,
                      "num_params": s.get("num_params"), "final_train_loss": s.get("final_train_loss"),
                      "eval_mse": s.get("eval_mse"), "wall_s": s.get("wall_s"), "steps_per_s": s.get("steps_per_s"),
@@ -248,11 +255,19 @@ def _compare_into(run_dir: Path, config: CompareConfig, configs: list[Config], d
         if not done:
             continue
         title = f"{config.name}: target {target}"
-        runs.write_figure(run_dir / f"losses_{target}.png",
-                          plots.loss_figure({c.name: np.array(r.losses) for c, r in done}, title))
-        first = done[0][1].preview
-        runs.write_figure(run_dir / f"predictions_{target}.png", plots.predictions_figure(
-            first["x"], first["y"], {c.name: r.preview["pred"] for c, r in done}, target, title))
+        curves = {}
+        for label in dict.fromkeys(c.name for c, _ in done):
+            losses = [r.losses for c, r in done if c.name == label]
+            steps = min(len(v) for v in losses)  # seeds that diverged end early: the mean runs to the first end
+            curves[label if len(losses) == 1 else f"{label} (mean of {len(losses)} seeds)"] = np.mean(
+                [v[:steps] for v in losses], axis=0)
+        runs.write_figure(run_dir / f"losses_{target}.png", plots.loss_figure(curves, title))
+        shown = [(c, r) for c, r in done if c.seed == config.seed]  # the held-out sequences depend on the seed
+        if shown:
+            first = shown[0][1].preview
+            runs.write_figure(run_dir / f"predictions_{target}.png", plots.predictions_figure(
+                first["x"], first["y"], {c.name: r.preview["pred"] for c, r in shown}, target,
+                title + (f", seed {config.seed}" if config.seeds > 1 else "")))
     statuses = {r["status"] for r in rows}
     status = "interrupted" if interrupted else "completed" if statuses == {"completed"} else "failed"
     bad = [f"{r['label']} ({r['target']}) {r['status']}" for r in rows if r["status"] != "completed"]

@@ -105,6 +105,8 @@ class ModelEntry(ModelConfig):
 class CompareConfig:
     name: str = field(default="compare", metadata={**LABEL, "help": "run name, the suffix of the run folder"})
     seed: int = field(default=0, metadata={"min": 0, "help": "the one seed every random draw derives from"})
+    seeds: int = field(default=1, metadata={"min": 1, "help": "trainings per model and target, with seeds seed, "
+                                                              "seed+1, ...; one model's are trained together"})
     device: str = field(default="auto", metadata={"choices": DEVICES, "help": "auto picks cuda when present"})
     targets: tuple[str, ...] = field(default=TARGETS, metadata={"choices": TARGETS,
                                                                   "help": "target modes; every model is trained in each"})
@@ -118,14 +120,16 @@ class CompareConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def train_configs(self) -> list[Config]:
-        """One train config per (model, target), in that order; the model's label is the run name."""
+        """One train config per (model, target, seed), in that order; the model's label is the run name."""
         out = []
         for entry in self.models:
             model = ModelConfig(**{f.name: getattr(entry, f.name) for f in dataclasses.fields(ModelConfig)})
             for target in self.targets:
-                out.append(Config(name=entry.resolved_label(), seed=self.seed, device=self.device, model=model,
-                                  task=self.task, train=TrainConfig(**dataclasses.asdict(self.train), target=target),
-                                  eval=self.eval, log=self.log))
+                for seed in range(self.seed, self.seed + self.seeds):
+                    out.append(Config(name=entry.resolved_label(), seed=seed, device=self.device, model=model,
+                                      task=self.task, train=TrainConfig(**dataclasses.asdict(self.train),
+                                                                        target=target),
+                                      eval=self.eval, log=self.log))
         return out
 
 

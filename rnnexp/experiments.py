@@ -167,6 +167,7 @@ class Training:
     started: float  # perf_counter at the start of this session
     report: Callable[[int, float], None] | None = None
     train_s: float = 0.0  # seconds spent in training steps so far, over every session
+    together: int = 1  # trainings in the engine at the start of this session (steps_per_s is theirs)
 
 
 def _new_training(run_dir: Path, config: Config, device: torch.device, argv: list[str], stream: BatchStream,
@@ -198,6 +199,8 @@ def train_group_into(run_dirs: list[Path], configs: list[Config], device: torch.
     trainings = [_new_training(run_dir, config, device, argv,
                                streams.setdefault(_stream_key(config), BatchStream(config, device)), report)
                  for run_dir, config, report in zip(run_dirs, configs, reports)]
+    for t in trainings:
+        t.together = len(trainings)
     first = configs[0].train
     engine = Engine([t.model for t in trainings], [c.train.target for c in configs], first.lr, first.clip_grad_norm)
     if should_stop is not None and should_stop():
@@ -299,7 +302,7 @@ def _train_and_finish(trainings: list[Training], engine: Engine,
     for t in trainings:
         t.probe.record(t.model, len(t.history.losses))
         _write_gradnorms(t.run_dir, t.config, t.probe)
-        results.append(_finish(t.run_dir, t.config, t.model, t.history, t.train_s))
+        results.append(_finish(t.run_dir, t.config, t.model, t.history, t.train_s, t.together))
         t.meta.update(status=t.history.status, ended=now_iso(), message=t.history.message,
                       wall_s=round((t.meta.get("wall_s") or 0.0) + time.perf_counter() - t.started, 3))
         runs.write_json(t.run_dir / runs.META, t.meta)  # last: a run is complete once its meta says so
@@ -435,7 +438,8 @@ def _write_gradnorms(run_dir: Path, config: Config, probe: gradients.GradLog, pl
     runs.write_figure(run_dir / runs.GRADNORMS_PLOT, plots.log_heatmap_figure(panels, "training step", title))
 
 
-def _finish(run_dir: Path, config: Config, model: torch.nn.Module, history: History, train_s: float) -> TrainResult:
+def _finish(run_dir: Path, config: Config, model: torch.nn.Module, history: History, train_s: float,
+            together: int = 1) -> TrainResult:
     """Evaluate, plot and write every result file but meta.json."""
     losses = history.losses
     _write_metrics(run_dir, losses)
@@ -450,6 +454,7 @@ def _finish(run_dir: Path, config: Config, model: torch.nn.Module, history: Hist
         "final_train_loss": float(np.mean(losses[-FINAL_LOSS_WINDOW:])) if losses else None,
         "eval_mse": eval_mse if np.isfinite(eval_mse) else None, "num_params": models.num_params(model),
         "steps_per_s": len(losses) / train_s if train_s > 0 else None, "wall_s": train_s,
+        "trained_together": together,
     }
     title = f"{config.name}: {config.model.type}, {config.model.num_layers} layer(s), target {config.train.target}"
     runs.write_figure(run_dir / runs.LOSS_PLOT, plots.loss_figure({config.name: np.array(losses)}, title))

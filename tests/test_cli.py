@@ -41,6 +41,7 @@ def test_train_writes_a_complete_run(tmp_path):
     assert summary["final_train_loss"] == pytest.approx(sum(losses) / 30)
     assert summary["num_params"] == 12705 and summary["steps"] == 30 and summary["status"] == "completed"
     assert summary["eval_mse"] > 0 and summary["steps_per_s"] > 0 and summary["wall_s"] > 0
+    assert summary["trained_together"] == 1
 
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["status"] == "completed" and meta["seed"] == 0 and meta["device"] == "cpu"

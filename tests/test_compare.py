@@ -47,9 +47,10 @@ def test_compare_writes_every_file(tmp_path):
     for sub in subs:
         assert {p.name for p in (run_dir / sub).iterdir()} == SUB_FILES
     rows = list(csv.DictReader((run_dir / "summary.csv").open()))
-    assert list(rows[0]) == ["label", "target", "type", "num_layers", "hidden_size", "num_params", "final_train_loss",
+    assert list(rows[0]) == ["label", "target", "seed", "type", "num_layers", "hidden_size", "num_params", "final_train_loss",
                              "eval_mse", "wall_s", "steps_per_s", "status"]
-    assert [(r["label"], r["target"]) for r in rows] == [(label, t) for label in labels for t in ("all", "last")]
+    assert [(r["label"], r["target"], r["seed"]) for r in rows] == [(label, t, "0") for label in labels
+                                                                    for t in ("all", "last")]
     for r in rows:
         sub = json.loads((run_dir / f"{r['label']}_{r['target']}" / "summary.json").read_text())
         assert float(r["eval_mse"]) == sub["eval_mse"] and int(r["num_params"]) == sub["num_params"]
@@ -68,6 +69,42 @@ def test_parallel_equals_sequential_and_models_are_independent(tmp_path):
     kept = _losses(lstm_only)
     assert set(kept) == {"lstm_1_layer_all", "lstm_1_layer_last"}
     assert kept == {k: v for k, v in _losses(parallel).items() if k.startswith("lstm")}
+
+
+def test_seeds_are_trained_together_and_each_equals_its_train_run(tmp_path):
+    """seeds: 3 puts 3 seeds x 2 targets of the model into one engine (or two, split over --jobs 2); every one
+    of them is, bit for bit, the train run of that seed and target."""
+    one = ["models=[{label: m, type: lstm, hidden_size: 4}]", "seed=5", "seeds=3", *SMALL]
+    result, run_dir = _compare(tmp_path, *one, "--jobs", "1", runs="a")
+    assert result.exit_code == 0, result.output
+    subs = {f"m_{t}_seed{s}" for t in ("all", "last") for s in (5, 6, 7)}
+    assert {p.name for p in run_dir.iterdir() if p.is_dir()} == subs
+    rows = list(csv.DictReader((run_dir / "summary.csv").open()))
+    assert [(r["target"], r["seed"]) for r in rows] == [(t, str(s)) for t in ("all", "last") for s in (5, 6, 7)]
+    assert "3/3" in result.stdout  # the table has a line per model and target, over its seeds
+    for sub in ("m_all_seed6", "m_last_seed7"):
+        target, seed = sub.split("_")[1], sub[-1]
+        train = runner.invoke(app, ["train", "--runs-dir", str(tmp_path / "t"), "-q", "name=m", "model.type=lstm",
+                                    "model.hidden_size=4", f"train.target={target}", f"seed={seed}", *SMALL])
+        train_dir = Path(train.stdout.strip().splitlines()[-1])
+        assert (train_dir / "metrics.csv").read_text() == (run_dir / sub / "metrics.csv").read_text()
+        alone, together = (json.loads((d / "summary.json").read_text()) for d in (train_dir, run_dir / sub))
+        assert alone["eval_mse"] == together["eval_mse"]
+        assert (alone["trained_together"], together["trained_together"]) == (1, 6)
+    _, split = _compare(tmp_path, *one, "--jobs", "2", runs="b")  # one model, two workers: its copies split
+    assert json.loads((split / "meta.json").read_text())["jobs"] == 2
+    assert _losses(split) == _losses(run_dir)
+
+
+def test_groups_are_models_costliest_first_and_split_to_fill_the_jobs():
+    cfg = load_config(ROOT / "configs" / "compare.yaml", cls=CompareConfig)
+    configs = cfg.train_configs()
+    names = lambda groups: [[(configs[k].name, configs[k].train.target) for k in g] for g in groups]  # noqa: E731
+    assert names(compare_module.groups_of(configs, 2)) == [
+        [(m, "all"), (m, "last")] for m in ("lstm_2_layer", "lstm_1_layer", "rnn_2_layer", "rnn_1_layer")]
+    one = [c for c in configs if c.name == "rnn_1_layer"]
+    assert names(compare_module.groups_of(one, 2)) == [[("rnn_1_layer", "all")], [("rnn_1_layer", "last")]]
+    assert len(compare_module.groups_of(one, 8)) == 2  # a training is never split
 
 
 def test_train_and_compare_agree_for_the_same_model(tmp_path):
