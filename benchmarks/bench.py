@@ -10,6 +10,7 @@ and written as JSON to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -30,9 +31,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import notebook_port  # noqa: E402
 
-from rnnexp import experiments, models  # noqa: E402
+from rnnexp import data, experiments, models  # noqa: E402
 from rnnexp.config import load_config  # noqa: E402
-from rnnexp.train import History, loss_fn, make_optimizer, train  # noqa: E402
+from rnnexp.engine import Engine, to_engine_layout  # noqa: E402
+from rnnexp.train import loss_fn  # noqa: E402
 
 MODELS = [("rnn_1_layer", "rnn", 1), ("lstm_1_layer", "lstm", 1), ("rnn_2_layer", "rnn", 2),
           ("lstm_2_layer", "lstm", 2)]
@@ -45,17 +47,20 @@ def _config(kind: str, num_layers: int, target: str = "all", hidden_size: int = 
                               f"train.batch_size={batch_size}"])
 
 
-def rnnexp_steps(config) -> Callable[[int], None]:
-    """rnnexp's training path: its model, its data stream, its optimizer, ``train.train``."""
-    model = experiments.build_seeded_model(config, "bench")
-    optimizer = make_optimizer(model, config.train.lr)
-    stream = experiments.BatchStream(config, torch.device("cpu"))
-    history = History()
+def rnnexp_steps(config, seeds: int = 1) -> Callable[[int], None]:
+    """rnnexp's training path as ``rnnexp train`` (seeds = 1) or ``compare`` with ``seeds`` runs it: the models,
+    their data streams and one Engine for all of them. One call of the returned function is one engine step,
+    that is ``seeds`` optimizer steps."""
+    configs = [dataclasses.replace(config, seed=config.seed + k) for k in range(seeds)]
+    engine = Engine([experiments.build_seeded_model(c, "bench") for c in configs], [config.train.target] * seeds,
+                    config.train.lr, config.train.clip_grad_norm)
+    streams = [experiments.BatchStream(c, torch.device("cpu")) for c in configs]
+    task, index = data.TASKS[config.task.name], list(range(seeds))
 
     def run(steps: int) -> None:
-        n = len(history.losses)
-        train(model, optimizer, stream, n + steps, config.train.target, config.train.clip_grad_norm, start_step=n,
-              history=history)
+        for _ in range(steps):
+            x = to_engine_layout([s.inputs() for s in streams], index)
+            engine.step(x, task.targets(x, time_dim=2))
 
     return run
 
@@ -141,6 +146,31 @@ def measure_models(rounds: int, steps: int) -> dict:
     return out
 
 
+SEEDS = 16
+
+
+def measure_seeds(rounds: int, steps: int) -> dict:
+    """Per-run throughput of SEEDS seeds of one model trained together (one engine) against training them one by
+    one (rnnexp's path at K = 1, and torch's native modules), one torch thread, interleaved."""
+    out = {}
+    for label, kind, num_layers in MODELS:
+        config = _config(kind, num_layers)
+        runners = {"together": rnnexp_steps(config, SEEDS), "rnnexp": rnnexp_steps(config), "torch": torch_steps(config)}
+        per_call = {"together": SEEDS, "rnnexp": 1, "torch": 1}
+        for run in runners.values():
+            run(5)
+        samples = {name: [] for name in runners}
+        for _ in range(rounds):
+            for name, run in runners.items():
+                n = max(1, steps * 4 // SEEDS) if name == "together" else steps  # as many run-steps x4
+                samples[name].append(_steps_per_s(run, n) * per_call[name])
+        out[label] = {name: _stats(v) for name, v in samples.items()}
+        row = out[label]
+        print(f"  {label:13s} {SEEDS} together {row['together']['median']:7.0f} run-steps/s, one by one: rnnexp "
+              f"{row['rnnexp']['median']:6.0f}/s, torch {row['torch']['median']:6.0f}/s", flush=True)
+    return out
+
+
 def _timed(cmd: list[str], env: dict | None = None) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
@@ -208,6 +238,9 @@ def main() -> None:
               "threads": torch.get_num_threads(), "rounds": args.rounds, "steps": args.steps}
     print(f"optimizer steps/s, one torch thread, median of {args.rounds} rounds of {args.steps} steps:", flush=True)
     result["models"] = measure_models(args.rounds, args.steps)
+    print(f"{SEEDS} seeds of one model trained together against one by one (run-steps/s, median of {args.rounds}):",
+          flush=True)
+    result["seeds"] = measure_seeds(args.rounds, args.steps)
     result["help_s"] = measure_help()
     if not args.skip_full:
         print(f"the notebook's whole experiment (8 trainings x {args.full_batches} batches), alternating:", flush=True)
@@ -223,6 +256,11 @@ def main() -> None:
         nb, th, rx = (row[k]["median"] for k in ("notebook", "torch", "rnnexp"))
         print(f"{label:13s} {nb:9.0f} {th:9.0f} {rx:9.0f} {rx / nb:11.2f}x {rx / th:8.2f}x  "
               f"[rnnexp {row['rnnexp']['min']:.0f}-{row['rnnexp']['max']:.0f}]")
+    print(f"\n{'model':13s} {SEEDS:>3d} together   rnnexp 1 by 1   torch 1 by 1  {'vs rnnexp':>10s} {'vs torch':>9s}"
+          "  (run-steps/s, median)")
+    for label, row in result["seeds"].items():
+        tg, rx, th = (row[k]["median"] for k in ("together", "rnnexp", "torch"))
+        print(f"{label:13s} {tg:12.0f} {rx:15.0f} {th:14.0f} {tg / rx:9.2f}x {tg / th:8.2f}x")
     if "full" in result:
         nb, rx = result["full"]["notebook"], result["full"]["rnnexp_compare"]
         print(f"whole experiment: notebook {nb['median']:.1f} s [{nb['min']:.1f}-{nb['max']:.1f}], rnnexp compare "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -18,16 +19,38 @@ def make_generator(seed: int, *purpose: str) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, *purpose))
 
 
+def running_mean_inputs(generator: torch.Generator, batch_size: int, seq_len: int) -> torch.Tensor:
+    """x ~ N(0, 1), (batch_size, seq_len, 1)."""
+    return torch.randn(batch_size, seq_len, 1, generator=generator)
+
+
+def running_mean_targets(x: torch.Tensor, time_dim: int = 1) -> torch.Tensor:
+    """y_t = mean(x_1..x_t) along ``time_dim`` (the same numbers, bit for bit, whichever axis is time)."""
+    seq_len = x.shape[time_dim]
+    shape = [1] * x.dim()
+    shape[time_dim] = seq_len
+    counts = torch.arange(1, seq_len + 1, dtype=x.dtype, device=x.device).view(shape)
+    return x.cumsum(dim=time_dim) / counts
+
+
 def running_mean(generator: torch.Generator, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x ~ N(0, 1) and y_t = mean(x_1..x_t), both (batch_size, seq_len, 1)."""
-    x = torch.randn(batch_size, seq_len, 1, generator=generator)  # (B, T, 1)
-    counts = torch.arange(1, seq_len + 1, dtype=x.dtype).view(1, seq_len, 1)  # (1, T, 1)
-    return x, x.cumsum(dim=1) / counts
+    x = running_mean_inputs(generator, batch_size, seq_len)
+    return x, running_mean_targets(x)
 
 
-# name -> (sampler, input_size, output_dim)
-TASKS: dict[str, tuple[Callable[[torch.Generator, int, int], tuple[torch.Tensor, torch.Tensor]], int, int]] = {
-    "running_mean": (running_mean, 1, 1),
+@dataclass(frozen=True)
+class Task:
+    """A synthetic task: random inputs (B, T, input_size) from a generator, and their targets, computed from the
+    inputs alone (so the targets of many streams' batches are computed at once, in any layout)."""
+    inputs: Callable[[torch.Generator, int, int], torch.Tensor]
+    targets: Callable[..., torch.Tensor]  # (inputs, time_dim) -> targets
+    input_size: int
+    output_dim: int
+
+
+TASKS: dict[str, Task] = {
+    "running_mean": Task(running_mean_inputs, running_mean_targets, 1, 1),
 }
 
 
@@ -35,4 +58,5 @@ def sample_batch(task: str, generator: torch.Generator, batch_size: int, seq_len
     """One batch ``(x, y)`` of a registered task."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
-    return TASKS[task][0](generator, batch_size, seq_len)
+    x = TASKS[task].inputs(generator, batch_size, seq_len)
+    return x, TASKS[task].targets(x)

@@ -105,33 +105,50 @@ class Progress:
 
 
 class BatchStream:
-    """The training batches of one config seed, drawn from one CPU generator; resumable from ``state_at``."""
+    """The training batches of one config seed, drawn from one CPU generator; resumable from ``state_at``.
+
+    The generator state is copied only every ANCHOR_EVERY batches (a copy per batch costs more than the
+    draw); ``state_at`` gets the state after any batch since then by drawing again from that copy.
+    """
+
+    ANCHOR_EVERY = 64
 
     def __init__(self, config: Config, device: torch.device, state: torch.Tensor | None = None, drawn: int = 0):
-        self.task, self.batch_size, self.seq_len = config.task.name, config.train.batch_size, config.task.seq_len
+        self.task, self.batch_size, self.seq_len = data.TASKS[config.task.name], config.train.batch_size, config.task.seq_len
         self.device = device
         self.generator = data.make_generator(config.seed, "train")
         if state is not None:
             self.generator.set_state(state)
         self.drawn = drawn  # batches drawn so far (``state`` is the state after ``drawn`` batches)
-        self._before_last = self.generator.get_state()
+        self._anchor, self._anchor_drawn = self.generator.get_state(), drawn
+
+    def inputs(self) -> torch.Tensor:
+        """The next batch's inputs (B, T, input_size), on the CPU; the task's ``targets`` gives its targets."""
+        if self.drawn - self._anchor_drawn >= self.ANCHOR_EVERY:
+            self._anchor, self._anchor_drawn = self.generator.get_state(), self.drawn
+        x = self.task.inputs(self.generator, self.batch_size, self.seq_len)
+        self.drawn += 1
+        return x
 
     def __iter__(self) -> "BatchStream":
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        self._before_last = self.generator.get_state()
-        x, y = data.sample_batch(self.task, self.generator, self.batch_size, self.seq_len)
-        self.drawn += 1
-        return x.to(self.device), y.to(self.device)
+        x = self.inputs()
+        return x.to(self.device), self.task.targets(x).to(self.device)
 
     def state_at(self, drawn: int) -> torch.Tensor:
-        """The generator state after ``drawn`` batches: now, or just before the last batch (a step that was not taken)."""
+        """The generator state after ``drawn`` batches: now, or after an earlier batch back to the last anchor
+        (at least the one before the last: a step that was not taken)."""
         if drawn == self.drawn:
             return self.generator.get_state()
-        if drawn == self.drawn - 1:
-            return self._before_last
-        raise ValueError(f"the stream has drawn {self.drawn} batches; no state kept for {drawn}")
+        if not self._anchor_drawn <= drawn < self.drawn:
+            raise ValueError(f"the stream has drawn {self.drawn} batches; no state kept for {drawn}")
+        replay = torch.Generator()
+        replay.set_state(self._anchor)
+        for _ in range(drawn - self._anchor_drawn):
+            self.task.inputs(replay, self.batch_size, self.seq_len)
+        return replay.get_state()
 
 
 def batch_stream(config: Config, device: torch.device) -> BatchStream:
@@ -147,10 +164,10 @@ def eval_set(config: Config) -> tuple[torch.Tensor, torch.Tensor]:
 
 def build_seeded_model(config: Config, label: str) -> models.RecurrentRegressionModel:
     """The model for ``config``; its initial weights depend only on the seed and ``label``."""
-    _, input_size, output_dim = data.TASKS[config.task.name]
+    task = data.TASKS[config.task.name]
     torch.manual_seed(data.derive_seed(config.seed, "init", label))
     m = config.model
-    return models.build_model(m.type, input_size, m.hidden_size, m.num_layers, m.nonlinearity, output_dim)
+    return models.build_model(m.type, task.input_size, m.hidden_size, m.num_layers, m.nonlinearity, task.output_dim)
 
 
 @dataclass
@@ -228,6 +245,7 @@ def _train_steps(trainings: list[Training], engine: Engine, should_stop: Callabl
     and leaves the engine; the others go on. Returns False when a hard stop (KeyboardInterrupt) came mid-step.
     """
     config = trainings[0].config
+    task = data.TASKS[config.task.name]
     active = list(trainings)
     step = len(active[0].history.losses)
     segment_start = time.perf_counter()
@@ -245,10 +263,9 @@ def _train_steps(trainings: list[Training], engine: Engine, should_stop: Callabl
                     t.history.status, t.history.message = "interrupted", f"interrupted at step {step}"
                 break
             streams = list(dict.fromkeys(t.stream for t in active))
-            batches = [next(s) for s in streams]
-            index = [streams.index(t.stream) for t in active]
-            x = to_engine_layout([b[0] for b in batches], index)
-            y = to_engine_layout([b[1] for b in batches], index)
+            x = to_engine_layout([s.inputs() for s in streams], [streams.index(t.stream) for t in active])
+            x = x.to(engine.device)
+            y = task.targets(x, time_dim=2)  # every copy's at once
             losses, bad = engine.step(x, y)
             while bad:
                 clock()

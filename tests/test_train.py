@@ -94,3 +94,24 @@ def test_our_adam_is_torchs_fused_adam_bit_for_bit_and_shares_its_state_dict():
     h3 = train(ours, moved, experiments.batch_stream(cfg, torch.device("cpu")), 5)
     h4 = train(theirs, reference, experiments.batch_stream(cfg, torch.device("cpu")), 5)
     assert h3.losses == h4.losses
+
+
+def test_batch_stream_states_and_targets_computed_in_any_layout():
+    cfg = _small()
+    stream, twin = experiments.BatchStream(cfg, torch.device("cpu")), data.make_generator(cfg.seed, "train")
+    states, batches = [twin.get_state()], []
+    for _ in range(150):  # past two anchors (every 64 batches)
+        batches.append(stream.inputs())
+        data.running_mean_inputs(twin, cfg.train.batch_size, cfg.task.seq_len)
+        states.append(twin.get_state())
+    assert torch.equal(stream.state_at(150), states[150]) and torch.equal(stream.state_at(149), states[149])
+    assert torch.equal(stream.state_at(130), states[130])  # replayed from the anchor at 128
+    try:
+        stream.state_at(100)
+        raise AssertionError("a state before the anchor cannot be had")
+    except ValueError:
+        pass
+    # Targets of many batches at once, time on axis 2 as the engine holds them, equal each batch's own.
+    stacked = torch.stack(batches).permute(0, 3, 2, 1)  # (N, 1, T, B)
+    by_batch = torch.stack([data.running_mean_targets(x) for x in batches]).permute(0, 3, 2, 1)
+    assert torch.equal(data.running_mean_targets(stacked.contiguous(), time_dim=2), by_batch)
