@@ -60,7 +60,8 @@ def rnnexp_steps(config, seeds: int = 1) -> Callable[[int], None]:
     def run(steps: int) -> None:
         for _ in range(steps):
             x = to_engine_layout([s.inputs() for s in streams], index)
-            engine.step(x, task.targets(x, time_dim=2))
+            if engine.step(x, task.targets(x, time_dim=2))[1]:
+                raise RuntimeError("a benchmarked training diverged")
 
     return run
 
@@ -162,7 +163,7 @@ def measure_seeds(rounds: int, steps: int) -> dict:
         samples = {name: [] for name in runners}
         for _ in range(rounds):
             for name, run in runners.items():
-                n = max(1, steps * 4 // SEEDS) if name == "together" else steps  # as many run-steps x4
+                n = max(1, steps * 4 // SEEDS) if name == "together" else steps  # 4 x steps optimizer steps
                 samples[name].append(_steps_per_s(run, n) * per_call[name])
         out[label] = {name: _stats(v) for name, v in samples.items()}
         row = out[label]

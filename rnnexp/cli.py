@@ -190,11 +190,11 @@ def train(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsD
 @user_errors
 def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsDirOpt = Path("runs"),
             device: DeviceOpt = None, jobs: Annotated[Optional[int], typer.Option(
-                "--jobs", "-j", min=1, help="Worker processes; each trains one model in all its target modes and seeds (default: the number of cores).")] = None,
+                "--jobs", "-j", min=1, help="Worker processes, each training a model's target modes and seeds together (default: the number of cores).")] = None,
             quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Train several models side by side, in every target mode; one run folder with a sub-folder each."""
     cfg = load_config(config, _with_device(overrides, device), cls=CompareConfig)
-    from .compare import run_compare
+    from .compare import run_compare, training_name
 
     result = run_compare(cfg, runs_dir, sys.argv, jobs, show_progress=not quiet)
     count = len(result.rows)
@@ -207,7 +207,7 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: Run
         out.print("* best eval MSE per target", markup=False)
     for r in result.rows:
         if r["status"] not in ("completed", "interrupted"):
-            err.print(f"{r['label']} ({r['target']}, seed {r['seed']}) {r['status']}: {r['message']}", markup=False)
+            err.print(f"{training_name(r, cfg.seeds)} {r['status']}: {r['message']}", markup=False)
     _finish(result.status, "", result.run_dir)
 
 

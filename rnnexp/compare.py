@@ -1,7 +1,7 @@
-"""``rnnexp compare``: several models, each in every target mode, trained in parallel processes.
+"""``rnnexp compare``: several models, each in every target mode (and seed), trained in parallel processes.
 
-The target modes of one model are trained together, as copies in one Engine (one process), and
-the models are spread over the processes, costliest first."""
+A model's trainings are copies in one Engine, in one process (split over two when that fills the
+jobs better), and the models are spread over the processes, costliest first."""
 from __future__ import annotations
 
 import io
@@ -35,6 +35,11 @@ class CompareResult:
     rows: list[dict[str, Any]]
 
 
+def training_name(row: dict[str, Any], seeds: int) -> str:
+    """How messages name one training of a comparison: ``label (target)``, ``label (target, seed S)``."""
+    return f"{row['label']} ({row['target']}" + (f", seed {row['seed']})" if seeds > 1 else ")")
+
+
 def sub_dir_name(config: Config, seeds: int = 1) -> str:
     """``<label>_<target>``, and ``_seed<seed>`` when a comparison trains several seeds."""
     return f"{config.name}_{config.train.target}" + (f"_seed{config.seed}" if seeds > 1 else "")
@@ -42,8 +47,8 @@ def sub_dir_name(config: Config, seeds: int = 1) -> str:
 
 def _worker(indices: list[int], configs: list[Config], dirs: list[Path], device: str, argv: list[str],
             messages) -> None:
-    """One group of trainings (one model in every target mode) trained together in its own process, with one
-    torch thread (tiny matmuls are slower with more)."""
+    """One group of trainings (copies of one model) trained together in its own process, with one torch thread
+    (tiny matmuls are slower with more)."""
     use_one_cpu_thread(torch.device(device))
     # Ctrl-C reaches a worker twice (from the terminal and from the parent passing it on), SIGTERM
     # when the whole process group is sent it: each asks the training to stop after its current
@@ -79,22 +84,31 @@ def _worker(indices: list[int], configs: list[Config], dirs: list[Path], device:
 
 
 def groups_of(configs: list[Config], jobs: int = 1) -> list[list[int]]:
-    """The trainings that run together, as indices into ``configs``: every target mode and seed of one model,
-    the largest groups split in two while there are fewer groups than ``jobs`` (a copy's numbers do not
-    depend on its group). Costliest first, so that the longest group starts at once and the others fill in."""
+    """The trainings that run together, as indices into ``configs``: every target mode and seed of one model.
+
+    Costliest first, so that the longest group starts at once and the others fill in around it; the
+    cheapest, which runs last, is split in two so that the jobs share the tail (with fewer groups than
+    jobs, the largest are split until there are enough). A copy's numbers do not depend on its group.
+    """
     by_model: dict[str, list[int]] = {}
     for k, c in enumerate(configs):
         by_model.setdefault(c.name, []).append(k)
-    groups = list(by_model.values())
-    while len(groups) < jobs and max(len(g) for g in groups) > 1:
-        largest = max(groups, key=len)
-        groups.remove(largest)
-        groups += [largest[:len(largest) // 2], largest[len(largest) // 2:]]
 
     def cost(group: list[int]) -> float:  # multiply-adds per step, roughly; more copies cost less than their share
         m = configs[group[0]].model
         return (4 if m.type == "lstm" else 1) * m.num_layers * m.hidden_size * (m.hidden_size + 1) * len(group) ** 0.5
-    return sorted(groups, key=cost, reverse=True)
+
+    def halves(group: list[int]) -> list[list[int]]:
+        return [group[:len(group) // 2], group[len(group) // 2:]]
+
+    groups = sorted(by_model.values(), key=cost, reverse=True)
+    while len(groups) < jobs and max(len(g) for g in groups) > 1:
+        largest = max(groups, key=len)
+        groups.remove(largest)
+        groups = sorted(groups + halves(largest), key=cost, reverse=True)
+    if 1 < jobs < len(groups) and len(groups[-1]) > 1:
+        groups = groups[:-1] + halves(groups[-1])
+    return groups
 
 
 class _Board:
@@ -257,10 +271,13 @@ def _compare_into(run_dir: Path, config: CompareConfig, configs: list[Config], d
         title = f"{config.name}: target {target}"
         curves = {}
         for label in dict.fromkeys(c.name for c, _ in done):
-            losses = [r.losses for c, r in done if c.name == label]
-            steps = min(len(v) for v in losses)  # seeds that diverged end early: the mean runs to the first end
-            curves[label if len(losses) == 1 else f"{label} (mean of {len(losses)} seeds)"] = np.mean(
-                [v[:steps] for v in losses], axis=0)
+            mine = [r for c, r in done if c.name == label]
+            if len(mine) == 1:
+                curves[label] = np.array(mine[0].losses)
+                continue
+            losses = [r.losses for r in mine if r.status == "completed"]  # a seed that diverged early is in the table
+            if losses:
+                curves[f"{label} (mean of {len(losses)} seeds)"] = np.mean(losses, axis=0)
         runs.write_figure(run_dir / f"losses_{target}.png", plots.loss_figure(curves, title))
         shown = [(c, r) for c, r in done if c.seed == config.seed]  # the held-out sequences depend on the seed
         if shown:
@@ -270,7 +287,7 @@ def _compare_into(run_dir: Path, config: CompareConfig, configs: list[Config], d
                 title + (f", seed {config.seed}" if config.seeds > 1 else "")))
     statuses = {r["status"] for r in rows}
     status = "interrupted" if interrupted else "completed" if statuses == {"completed"} else "failed"
-    bad = [f"{r['label']} ({r['target']}) {r['status']}" for r in rows if r["status"] != "completed"]
+    bad = [f"{training_name(r, config.seeds)} {r['status']}" for r in rows if r["status"] != "completed"]
     meta.update(status=status, ended=runs.now_iso(), wall_s=round(time.perf_counter() - started, 3),
                 message="; ".join(bad))
     runs.write_json(run_dir / runs.META, meta)

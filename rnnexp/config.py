@@ -106,7 +106,7 @@ class CompareConfig:
     name: str = field(default="compare", metadata={**LABEL, "help": "run name, the suffix of the run folder"})
     seed: int = field(default=0, metadata={"min": 0, "help": "the one seed every random draw derives from"})
     seeds: int = field(default=1, metadata={"min": 1, "help": "trainings per model and target, with seeds seed, "
-                                                              "seed+1, ...; one model's are trained together"})
+                                                              "seed+1, ...; a model's share one engine"})
     device: str = field(default="auto", metadata={"choices": DEVICES, "help": "auto picks cuda when present"})
     targets: tuple[str, ...] = field(default=TARGETS, metadata={"choices": TARGETS,
                                                                   "help": "target modes; every model is trained in each"})

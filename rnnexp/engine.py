@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from .models import NONLINEARITIES, LSTMLayer, RNNLayer, recurrent_layers
+from .train import BETAS, EPS
 
-BETAS = (0.9, 0.999)
-EPS = 1e-8
 
 
 def _activation_name(layer: RNNLayer) -> str:
@@ -241,10 +240,15 @@ class Engine:
         self.kind = "lstm" if isinstance(layers[0], LSTMLayer) else "rnn"
         self.activation = "tanh" if self.kind == "lstm" else _activation_name(layers[0])
         for model in models:
-            if [type(m) for m in recurrent_layers(model)] != [type(m) for m in layers]:
+            others = recurrent_layers(model)
+            if [type(m) for m in others] != [type(m) for m in layers] or any(
+                    (m.input_size, m.hidden_size) != (n.input_size, n.hidden_size) for m, n in zip(others, layers)) or (
+                    self.kind == "rnn" and {_activation_name(m) for m in others} != {self.activation}):
                 raise ValueError("the engine trains copies of one architecture only")
+        unknown = sorted(set(targets) - {"all", "last"})
+        if unknown:
+            raise ValueError(f"unknown target {unknown[0]!r}; known: all, last")
         self.hidden = layers[0].hidden_size
-        self.input_size = layers[0].input_size
         self.output_dim = first.final_w.out_features
         self.num_layers = len(layers)
         self.device = first.final_w.weight.device
@@ -423,7 +427,10 @@ class Engine:
         return {"state": state, "param_groups": [group]}
 
     def load_optimizer_state(self, k: int, model: nn.Module, state_dict: dict) -> None:
-        """Set copy k's Adam state from a torch.optim.Adam state dict over ``model.parameters()``."""
+        """Set copy k's Adam state from a torch.optim.Adam state dict over ``model.parameters()``; the engine must
+        hold that one copy only (its copies share their step count)."""
+        if self.K != 1:
+            raise ValueError(f"an optimizer state is loaded into a one-copy engine, not one of {self.K}")
         (group,) = state_dict["param_groups"]
         n = len(list(model.parameters()))
         if len(group["params"]) != n:

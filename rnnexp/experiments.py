@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -211,6 +211,11 @@ def train_group_into(run_dirs: list[Path], configs: list[Config], device: torch.
     before every step; when it says yes the runs end ``interrupted``, with their checkpoints. Raises
     KeyboardInterrupt, with nothing written, if it says yes before training begins.
     """
+    def shared(c: Config) -> Config:
+        return dataclasses.replace(c, name="", seed=0, train=dataclasses.replace(c.train, target="all"))
+
+    if any(shared(c) != shared(configs[0]) for c in configs):
+        raise ValueError("trainings together may differ in name, seed and train.target only")
     reports = reports or [None] * len(configs)
     streams: dict[tuple, BatchStream] = {}
     trainings = [_new_training(run_dir, config, device, argv,
@@ -238,11 +243,12 @@ def train_into(run_dir: Path, config: Config, device: torch.device, argv: list[s
     return train_group_into([run_dir], [config], device, argv, [report], should_stop)[0]
 
 
-def _train_steps(trainings: list[Training], engine: Engine, should_stop: Callable[[], bool] | None) -> bool:
+def _train_steps(trainings: list[Training], engine: Engine, should_stop: Callable[[], bool] | None) -> None:
     """Run the remaining steps of ``trainings`` (engine copy k is trainings[k]), checkpointing as they go.
 
     A copy whose loss or gradient stops being finite ends ``diverged`` with its state from before that step
-    and leaves the engine; the others go on. Returns False when a hard stop (KeyboardInterrupt) came mid-step.
+    and leaves the engine; the others go on. After a hard stop (KeyboardInterrupt), perhaps mid-step, the
+    last periodic checkpoints stay.
     """
     config = trainings[0].config
     task = data.TASKS[config.task.name]
@@ -300,15 +306,14 @@ def _train_steps(trainings: list[Training], engine: Engine, should_stop: Callabl
     except KeyboardInterrupt:  # a hard stop, perhaps mid-step: the last periodic checkpoint stays
         for k, t in enumerate(active):
             t.history.status, t.history.message = "interrupted", f"interrupted at step {len(t.history.losses)}"
-            if k < engine.K:
+            if len(active) == engine.K:  # not caught between dropping a copy and forgetting its training
                 engine.copy_to(k, t.model)  # for model.pt and the closing eval
         clock()
-        return False
+        return
     clock()
     for k, t in enumerate(active):
         engine.copy_to(k, t.model)
         _save_checkpoint(t, engine, k)  # before the closing probe record, which a resumed run must not carry on with
-    return True
 
 
 def _train_and_finish(trainings: list[Training], engine: Engine,

@@ -1,4 +1,4 @@
-"""The loss and one explicit training loop."""
+"""The loss, and the reference trainer the engine is tested against: autograd over the notebook's modules."""
 from __future__ import annotations
 
 import math
@@ -27,72 +27,15 @@ class History:
     message: str = ""
 
 
-class Adam:
-    """Adam exactly as ``torch.optim.Adam(params, lr, fused=True)`` computes it: the same fused kernel, called
-    the same way, so the same numbers bit for bit (a test says so), and a state dict in torch.optim's format.
-
-    Why not torch.optim itself: its step costs about 70 us of Python per call, a tenth of a step
-    of these small models, and its first use in a process imports torch._dynamo, over a second.
-    """
-
-    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.params = list(params)
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """One update of every parameter that has a gradient (as torch.optim skips those without)."""
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if len(live) < len(self.params):
-            pick = lambda tensors: [tensors[i] for i in live]  # noqa: E731
-            params, exp_avgs, exp_avg_sqs, steps = map(pick, (self.params, self.exp_avgs, self.exp_avg_sqs, self.steps))
-        else:
-            params, exp_avgs, exp_avg_sqs, steps = self.params, self.exp_avgs, self.exp_avg_sqs, self.steps
-        if not params:
-            return
-        torch._foreach_add_(steps, 1)
-        torch._fused_adam_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
-                           lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
-                           maximize=False, grad_scale=None, found_inf=None)
-
-    def state_dict(self) -> dict:
-        """In torch.optim.Adam's format: ``{"state": {i: {step, exp_avg, exp_avg_sq}}, "param_groups": [...]}``."""
-        state = {i: {"step": s.clone(), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
-                 for i, (s, m, v) in enumerate(zip(self.steps, self.exp_avgs, self.exp_avg_sqs)) if s.item() > 0}
-        group = {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": 0.0, "amsgrad": False,
-                 "maximize": False, "foreach": None, "capturable": False, "differentiable": False, "fused": True,
-                 "decoupled_weight_decay": False, "params": list(range(len(self.params)))}
-        return {"state": state, "param_groups": [group]}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Load a state dict of this class or of torch.optim.Adam over the same parameters."""
-        (group,) = state_dict["param_groups"]
-        if len(group["params"]) != len(self.params):
-            raise ValueError(f"the state is for {len(group['params'])} parameters, not {len(self.params)}")
-        self.lr, self.betas, self.eps = group["lr"], tuple(group["betas"]), group["eps"]
-        with torch.no_grad():
-            for i, p in enumerate(self.params):
-                state = state_dict["state"].get(i)
-                if state is None:
-                    continue
-                self.steps[i].copy_(state["step"])
-                self.exp_avgs[i].copy_(state["exp_avg"])
-                self.exp_avg_sqs[i].copy_(state["exp_avg_sq"])
+BETAS, EPS = (0.9, 0.999), 1e-8  # Adam's, as torch.optim.Adam's defaults; the engine uses the same
 
 
-def make_optimizer(model: nn.Module, lr: float) -> Adam:
-    """The optimizer every rnnexp training uses: Adam over all of ``model``'s parameters."""
-    return Adam(model.parameters(), lr=lr)
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """The reference trainer's optimizer: ``torch.optim.Adam(fused=True)``, whose kernel the engine calls directly."""
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=BETAS, eps=EPS, fused=True)
 
 
-def train(model: nn.Module, optimizer: Adam, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
           num_batches: int, target: str = "all", clip_grad_norm: float | None = None,
           on_step: Callable[[int, float], None] | None = None, start_step: int = 0,
           history: History | None = None, should_stop: Callable[[], bool] | None = None) -> History:

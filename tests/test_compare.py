@@ -101,6 +101,9 @@ def test_groups_are_models_costliest_first_and_split_to_fill_the_jobs():
     configs = cfg.train_configs()
     names = lambda groups: [[(configs[k].name, configs[k].train.target) for k in g] for g in groups]  # noqa: E731
     assert names(compare_module.groups_of(configs, 2)) == [
+        [(m, "all"), (m, "last")] for m in ("lstm_2_layer", "lstm_1_layer", "rnn_2_layer")] + [
+        [("rnn_1_layer", "all")], [("rnn_1_layer", "last")]]  # the last, split: both jobs share the tail
+    assert names(compare_module.groups_of(configs, 1)) == [
         [(m, "all"), (m, "last")] for m in ("lstm_2_layer", "lstm_1_layer", "rnn_2_layer", "rnn_1_layer")]
     one = [c for c in configs if c.name == "rnn_1_layer"]
     assert names(compare_module.groups_of(one, 2)) == [[("rnn_1_layer", "all")], [("rnn_1_layer", "last")]]
@@ -131,6 +134,9 @@ def test_one_failed_training_does_not_stop_the_others(tmp_path, monkeypatch):
         assert rows[("lstm_1_layer", target)]["status"] == "failed"
         assert "simulated crash" in rows[("lstm_1_layer", target)]["message"]
         assert rows[("rnn_1_layer", target)]["status"] == "completed"
+    assert "simulated crash" in result.stderr
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "failed" and meta["message"] == "lstm_1_layer (all) failed; lstm_1_layer (last) failed"
 
 
 @pytest.mark.parametrize("args,message", [

@@ -106,6 +106,19 @@ def test_a_diverging_copy_is_reported_and_dropped_and_the_others_go_on_unchanged
     assert all(torch.equal(p, q) for p, q in zip(pair.params, alone.params))
 
 
+def test_copies_of_one_architecture_only_and_known_targets():
+    rnn = experiments.build_seeded_model(_config("model.type=rnn"), "a")
+    for other in (_config("model.type=rnn", "model.nonlinearity=relu"), _config("model.type=rnn", "model.hidden_size=4"),
+                  _config("model.type=lstm")):
+        with pytest.raises(ValueError, match="one architecture"):
+            engine.Engine([rnn, experiments.build_seeded_model(other, "a")], ["all", "all"], 1e-3)
+    with pytest.raises(ValueError, match="unknown target 'first'"):
+        engine.Engine([rnn], ["first"], 1e-3)
+    two = engine.Engine([rnn, rnn], ["all", "last"], 1e-3)
+    with pytest.raises(ValueError, match="one-copy engine"):
+        two.load_optimizer_state(0, rnn, engine.Engine([rnn], ["all"], 1e-3).optimizer_state(0, rnn))
+
+
 def test_non_finite_gradients_are_caught_with_and_without_clipping():
     for clip in (None, 1.0):
         cfg = _config("model.type=rnn", "model.nonlinearity=identity", "task.seq_len=50")
