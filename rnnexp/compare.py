@@ -4,6 +4,7 @@ A model's trainings are copies in one Engine, in one process (split over two whe
 jobs better), and the models are spread over the processes, costliest first."""
 from __future__ import annotations
 
+import functools
 import io
 import multiprocessing as mp
 import os
@@ -229,6 +230,34 @@ def run_jobs(configs: list[Config], dirs: list[Path], device: torch.device, argv
     return results, errors, interrupted
 
 
+def _write_figures(figures: list[tuple[Path, Any]], fork: bool) -> None:
+    """Draw and write ``(path, make_figure)``s, half of them in a forked process: at the end of a comparison the
+    workers have finished and their cores are free (the figures take about half a second)."""
+    child = None
+    if fork and len(figures) > 1:
+        half = figures[len(figures) // 2:]
+        figures = figures[:len(figures) // 2]
+        child = mp.get_context("fork").Process(target=_draw_or_exit, args=(half,), daemon=True)
+        child.start()
+    _draw(figures)
+    if child is not None:
+        child.join()
+        if child.exitcode != 0:  # draw them here, where an error is reported as any other
+            _draw(half)
+
+
+def _draw(figures: list[tuple[Path, Any]]) -> None:
+    for path, make in figures:
+        runs.write_figure(path, make())
+
+
+def _draw_or_exit(figures: list[tuple[Path, Any]]) -> None:
+    try:
+        _draw(figures)
+    except BaseException:  # the parent draws them again and reports the error
+        os._exit(1)
+
+
 def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: int | None = None,
                 show_progress: bool = True) -> CompareResult:
     """``rnnexp compare``: every (model, target) into one run folder, with overlaid plots and a summary."""
@@ -264,6 +293,7 @@ def _compare_into(run_dir: Path, config: CompareConfig, configs: list[Config], d
                      "message": result.message if result is not None else error or "interrupted before it started"})
     runs.write_csv(run_dir / "summary.csv", SUMMARY_COLUMNS, ([r[c] for c in SUMMARY_COLUMNS] for r in rows))
     runs.write_json(run_dir / runs.SUMMARY, rows)
+    figures: list[tuple[Path, Any]] = []  # (path, function that makes the figure)
     for target in config.targets:
         done = [(c, r) for c, r in zip(configs, results) if c.train.target == target and r is not None and r.losses]
         if not done:
@@ -278,13 +308,14 @@ def _compare_into(run_dir: Path, config: CompareConfig, configs: list[Config], d
             losses = [r.losses for r in mine if r.status == "completed"]  # a seed that diverged early is in the table
             if losses:
                 curves[f"{label} (mean of {len(losses)} seeds)"] = np.mean(losses, axis=0)
-        runs.write_figure(run_dir / f"losses_{target}.png", plots.loss_figure(curves, title))
+        figures.append((run_dir / f"losses_{target}.png", functools.partial(plots.loss_figure, curves, title)))
         shown = [(c, r) for c, r in done if c.seed == config.seed]  # the held-out sequences depend on the seed
         if shown:
             first = shown[0][1].preview
-            runs.write_figure(run_dir / f"predictions_{target}.png", plots.predictions_figure(
-                first["x"], first["y"], {c.name: r.preview["pred"] for c, r in shown}, target,
-                title + (f", seed {config.seed}" if config.seeds > 1 else "")))
+            figures.append((run_dir / f"predictions_{target}.png", functools.partial(
+                plots.predictions_figure, first["x"], first["y"], {c.name: r.preview["pred"] for c, r in shown},
+                target, title + (f", seed {config.seed}" if config.seeds > 1 else ""))))
+    _write_figures(figures, device.type != "cuda")
     statuses = {r["status"] for r in rows}
     status = "interrupted" if interrupted else "completed" if statuses == {"completed"} else "failed"
     bad = [f"{training_name(r, config.seeds)} {r['status']}" for r in rows if r["status"] != "completed"]

@@ -180,3 +180,22 @@ def test_ctrl_c_stops_the_running_trainings_and_starts_no_other(tmp_path):
         assert row["status"] == "not started" and row["message"] == "interrupted before it started"
     assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["lstm_1_layer_all", "lstm_1_layer_last"]
     assert json.loads((run_dir / "meta.json").read_text())["status"] == "interrupted"
+
+
+def test_a_figure_that_fails_in_the_drawing_process_is_drawn_again_by_the_parent(tmp_path, monkeypatch):
+    import os
+
+    from rnnexp import plots
+
+    parent, real = os.getpid(), plots.predictions_figure
+
+    def only_in_the_parent(*args, **kwargs):
+        if os.getpid() != parent and args[4].startswith("compare:"):  # the comparison's, not a training's
+            raise RuntimeError("drawing failed in the child")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "predictions_figure", only_in_the_parent)
+    result, run_dir = _compare(tmp_path, "models=[{type: rnn, hidden_size: 4}]", *SMALL)
+    assert result.exit_code == 0 and "Traceback" not in result.stderr
+    assert {p.name for p in run_dir.glob("*.png")} == {"losses_all.png", "losses_last.png", "predictions_all.png",
+                                                       "predictions_last.png"}
