@@ -89,6 +89,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
+MAX_SEEDS = 256  # a model's trainings share one engine, whose buffers grow with them (~1 GB at this many LSTMs)
 LABEL = {"pattern": r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "pattern_help": "1-64 letters, digits, '.', '_' or '-'"}
 
 
@@ -105,7 +106,7 @@ class ModelEntry(ModelConfig):
 class CompareConfig:
     name: str = field(default="compare", metadata={**LABEL, "help": "run name, the suffix of the run folder"})
     seed: int = field(default=0, metadata={"min": 0, "help": "the one seed every random draw derives from"})
-    seeds: int = field(default=1, metadata={"min": 1, "help": "trainings per model and target, with seeds seed, "
+    seeds: int = field(default=1, metadata={"min": 1, "max": MAX_SEEDS, "help": "trainings per model and target, with seeds seed, "
                                                               "seed+1, ...; a model's share one engine"})
     device: str = field(default="auto", metadata={"choices": DEVICES, "help": "auto picks cuda when present"})
     targets: tuple[str, ...] = field(default=TARGETS, metadata={"choices": TARGETS,
@@ -254,6 +255,8 @@ def _coerce(f: dataclasses.Field, hint: Any, value: Any, where: str) -> Any:
         raise bad
     if "min_exclusive" in f.metadata and value <= f.metadata["min_exclusive"]:
         raise bad
+    if "max" in f.metadata and value > f.metadata["max"]:
+        raise bad
     return value
 
 
@@ -263,6 +266,8 @@ def _allowed(f: dataclasses.Field, base: type) -> str:
     if "pattern" in f.metadata:
         return "expected " + f.metadata["pattern_help"]
     kind = {int: "an integer", float: "a number", str: "a string"}[base]
+    if "min" in f.metadata and "max" in f.metadata:
+        return f"expected {kind} from {f.metadata['min']} to {f.metadata['max']}"
     if "min" in f.metadata:
         return f"expected {kind} >= {f.metadata['min']}"
     if "min_exclusive" in f.metadata:

@@ -145,6 +145,9 @@ def test_one_failed_training_does_not_stop_the_others(tmp_path, monkeypatch):
     (["train.target=all"], "train.target: unknown key"),
     (["models.7.hidden_size=3"], "models has items 0 to 3"),
     (["--jobs", "0"], "--jobs"),
+    (["seeds=0"], "seeds = 0: expected an integer from 1 to 256"),
+    (["seeds=1000000000"], "seeds = 1000000000: expected an integer from 1 to 256"),
+    (["seeds=abc"], "seeds = 'abc': expected an integer from 1 to 256"),
 ])
 def test_bad_compare_input(tmp_path, args, message):
     result, _ = _compare(tmp_path, *args)
