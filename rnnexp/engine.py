@@ -261,13 +261,21 @@ class Engine:
         self.grads = [torch.zeros_like(p) for p in self.params]
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = [torch.zeros((), dtype=torch.float32, device=self.device) for _ in self.params]
+        self._adam_views()
         self._shape: tuple[int, int] | None = None  # (T, B) the buffers are made for
         self._two = torch.full((), 2.0, device=self.device)
 
     @property
     def K(self) -> int:
         return self.params[0].shape[0]
+
+    def _adam_views(self, step: float = 0.0) -> None:
+        """Adam runs over every copy's own tensors (views), not over the stacked ones: the fused kernel handles
+        the first elements of a tensor in vector registers and the last few one by one, with other roundings,
+        so a copy's numbers would depend on where it sits in the stack."""
+        self._adam = [[t[k] for t in group for k in range(self.K)]
+                      for group in (self.params, self.grads, self.exp_avg, self.exp_avg_sq)]
+        self.steps = [torch.full((), step, dtype=torch.float32, device=self.device) for _ in self._adam[0]]
 
     # ---- the step -------------------------------------------------------------------------------------
     def _buffers(self, T: int, B: int) -> None:
@@ -380,7 +388,7 @@ class Engine:
                 return [], {k: f"gradient norm became {norms[k].item()}" for k in range(self.K)
                             if not math.isfinite(norms[k].item())}
         torch._foreach_add_(self.steps, 1)
-        torch._fused_adam_(self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], self.steps, amsgrad=False,
+        torch._fused_adam_(*self._adam, [], self.steps, amsgrad=False,
                            lr=self.lr, beta1=BETAS[0], beta2=BETAS[1], weight_decay=0.0, eps=EPS, maximize=False,
                            grad_scale=None, found_inf=None)
         return losses, {}
@@ -392,6 +400,7 @@ class Engine:
         for group in (self.params, self.grads, self.exp_avg, self.exp_avg_sq):
             group[:] = [t.index_select(0, index).contiguous() for t in group]
         self.targets = [self.targets[k] for k in keep]
+        self._adam_views(float(self.steps[0]))
         self._shape = None
 
     # ---- copy k as the notebook's modules and torch.optim's state -------------------------------------
