@@ -199,20 +199,20 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: Run
     result = run_compare(cfg, runs_dir, sys.argv, jobs, show_progress=not quiet)
     count = len(result.rows)
     title = f"{cfg.name}: {count} training{'' if count == 1 else 's'} ({result.status})"
-    if cfg.seeds > 1:
-        out.print(_seeds_table(cfg, result.rows, title))
-        out.print("* best mean eval MSE per target; every training's numbers are in summary.csv", markup=False)
-    else:
-        out.print(_compare_table(cfg, result.rows, title))
-        out.print("* best eval MSE per target", markup=False)
+    table, starred = (_seeds_table if cfg.seeds > 1 else _compare_table)(cfg, result.rows, title)
+    out.print(table)
+    if starred:
+        out.print("* best " + ("mean " if cfg.seeds > 1 else "") + "eval MSE per target"
+                  + ("; every training's numbers are in summary.csv" if cfg.seeds > 1 else ""), markup=False)
     for r in result.rows:
         if r["status"] not in ("completed", "interrupted"):
             err.print(f"{training_name(r, cfg.seeds)} {r['status']}: {r['message']}", markup=False)
     _finish(result.status, "", result.run_dir)
 
 
-def _compare_table(cfg: CompareConfig, rows_all: list[dict], title: str) -> Table:
-    table = Table(title=title)
+def _compare_table(cfg: CompareConfig, rows_all: list[dict], title: str) -> tuple[Table, bool]:
+    """One line per training; and whether a line is marked best."""
+    table, starred = Table(title=title), False
     for col in ("label", "target", "num_params", "final_train_loss", "eval_mse", "steps_per_s", "wall_s", "status"):
         table.add_column(col, justify="left" if col in ("label", "target", "status") else "right")
     for target in cfg.targets:
@@ -221,17 +221,17 @@ def _compare_table(cfg: CompareConfig, rows_all: list[dict], title: str) -> Tabl
         best = min(scored) if scored else None
         for r in rows:
             mark = " *" if r["status"] == "completed" and r["eval_mse"] == best else ""
+            starred |= bool(mark)
             table.add_row(r["label"], target, _fmt(r["num_params"], "d"), _fmt(r["final_train_loss"]),
                           _fmt(r["eval_mse"]) + mark, _fmt(r["steps_per_s"], ".0f"), _fmt(r["wall_s"], ".1f"),
                           r["status"], style="bold" if mark else None)
-    return table
+    return table, starred
 
 
-def _seeds_table(cfg: CompareConfig, rows: list[dict], title: str) -> Table:
-    """One line per (model, target): eval MSE over the seeds that completed."""
-    table = Table(title=title)
-    for col in ("label", "target", "completed", "eval_mse mean", "min", "max", "final_train_loss mean",
-                "steps/s (together)", "wall_s"):
+def _seeds_table(cfg: CompareConfig, rows: list[dict], title: str) -> tuple[Table, bool]:
+    """One line per (model, target): eval MSE over the seeds that completed; and whether a line is marked best."""
+    table, starred = Table(title=title), False
+    for col in ("label", "target", "done", "eval_mse mean", "min", "max", "train loss mean", "steps/s", "wall_s"):
         table.add_column(col, justify="left" if col in ("label", "target") else "right")
     for target in cfg.targets:
         lines = []
@@ -245,11 +245,12 @@ def _seeds_table(cfg: CompareConfig, rows: list[dict], title: str) -> Table:
                           speed[0] if speed else None, max((r["wall_s"] or 0.0 for r in mine), default=None)))
         best = min((line[3] for line in lines if line[3] is not None), default=None)
         for label, n_done, n, mean, mses, losses, speed, wall in lines:
-            mark = " *" if mean is not None and mean == best else ""
+            mark = " *" if mean is not None and mean == best and len(lines) > 1 else ""
+            starred |= bool(mark)
             table.add_row(label, target, f"{n_done}/{n}", _fmt(mean) + mark, _fmt(min(mses) if mses else None),
                           _fmt(max(mses) if mses else None), _fmt(sum(losses) / len(losses) if losses else None),
                           _fmt(speed, ".0f"), _fmt(wall, ".1f"), style="bold" if mark else None)
-    return table
+    return table, starred
 
 
 MAX_TABLE_ROWS = 40  # longer tables show their first and last half of this; the CSVs have every row

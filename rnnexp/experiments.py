@@ -478,7 +478,8 @@ def _finish(run_dir: Path, config: Config, model: torch.nn.Module, history: Hist
         "steps_per_s": len(losses) / train_s if train_s > 0 else None, "wall_s": train_s,
         "trained_together": together,
     }
-    title = f"{config.name}: {config.model.type}, {config.model.num_layers} layer(s), target {config.train.target}"
+    title = (f"{config.name}: {config.model.type}, {config.model.num_layers} layer(s), target {config.train.target}, "
+             f"seed {config.seed}")
     runs.write_figure(run_dir / runs.LOSS_PLOT, plots.loss_figure({config.name: np.array(losses)}, title))
     preview = {"x": x[:NUM_PLOTTED, :, 0].numpy(), "y": y[:NUM_PLOTTED, :, 0].numpy(),
                "pred": preds[:NUM_PLOTTED, :, 0].numpy()}

@@ -29,7 +29,7 @@ def _margins(fig: Figure, left: float, right: float, bottom: float, top: float, 
 def loss_figure(curves: dict[str, np.ndarray], title: str) -> Figure:
     """Training loss per step on a log scale; the faint raw curve under a smoothed line."""
     fig = Figure(figsize=(7, 4))
-    _margins(fig, left=0.75, right=0.15, bottom=0.5, top=0.35)
+    _margins(fig, left=0.95, right=0.15, bottom=0.5, top=0.35)  # room for tick labels like 4 x 10^-1
     ax = fig.add_subplot()
     for k, (label, losses) in enumerate(curves.items()):
         losses = np.asarray(losses, dtype=float)
@@ -138,7 +138,7 @@ def log_heatmap_figure(panels: list[tuple[str, np.ndarray, np.ndarray]], row_nam
     columns = min(columns, len(panels))
     rows = (len(panels) + columns - 1) // columns
     fig = Figure(figsize=(max(6.5, 5.5 * columns), 3.8 * rows + 0.3))
-    _margins(fig, left=0.85, right=0.1, bottom=0.5, top=0.85, wspace=0.35, hspace=0.45)
+    _margins(fig, left=0.85, right=0.3, bottom=0.5, top=0.85, wspace=0.4, hspace=0.45)
     finite = [np.log10(v[np.isfinite(v) & (v > 0)]) for _, _, v in panels]
     finite = np.concatenate(finite) if finite else np.array([])
     lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
