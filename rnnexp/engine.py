@@ -73,8 +73,7 @@ class _Stack:
     def __init__(self, kind: str, activation: str, L: int, K: int, T: int, B: int, H: int, device: torch.device):
         G = 4 * H if kind == "lstm" else H
         W = T + L - 1  # waves
-        self.kind, self.activation, self.L, self.K, self.T, self.B, self.H, self.G, self.W = \
-            kind, activation, L, K, T, B, H, G, W
+        self.kind, self.activation, self.H, self.G, self.W = kind, activation, H, G, W
         z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
         self.one, self.zero = torch.ones((), device=device), torch.zeros((), device=device)
         self.two, self.minus_one = torch.full((), 2.0, device=device), torch.full((), -1.0, device=device)
