@@ -197,10 +197,6 @@ def _new_training(run_dir: Path, config: Config, device: torch.device, argv: lis
                     report)
 
 
-def _stream_key(config: Config) -> tuple:
-    return config.seed, config.task.name, config.task.seq_len, config.train.batch_size
-
-
 def train_group_into(run_dirs: list[Path], configs: list[Config], device: torch.device, argv: list[str],
                      reports: list[Callable[[int, float], None] | None] | None = None,
                      should_stop: Callable[[], bool] | None = None) -> list[TrainResult]:
@@ -217,9 +213,11 @@ def train_group_into(run_dirs: list[Path], configs: list[Config], device: torch.
     if any(shared(c) != shared(configs[0]) for c in configs):
         raise ValueError("trainings together may differ in name, seed and train.target only")
     reports = reports or [None] * len(configs)
-    streams: dict[tuple, BatchStream] = {}
-    trainings = [_new_training(run_dir, config, device, argv,
-                               streams.setdefault(_stream_key(config), BatchStream(config, device)), report)
+    streams: dict[int, BatchStream] = {}  # one per seed: the configs share everything else
+    for c in configs:
+        if c.seed not in streams:
+            streams[c.seed] = BatchStream(c, device)
+    trainings = [_new_training(run_dir, config, device, argv, streams[config.seed], report)
                  for run_dir, config, report in zip(run_dirs, configs, reports)]
     for t in trainings:
         t.together = len(trainings)
@@ -262,15 +260,19 @@ def _train_steps(trainings: list[Training], engine: Engine, should_stop: Callabl
             if t in active:
                 t.train_s = before + time.perf_counter() - segment_start
 
+    def streams_of(active: list[Training]) -> tuple[list[BatchStream], list[int]]:
+        """The streams the active trainings read, each once, and which one each reads."""
+        streams = list(dict.fromkeys(t.stream for t in active))
+        return streams, [streams.index(t.stream) for t in active]
+
+    streams, index = streams_of(active)
     try:
         while active and step < config.train.num_batches:
             if should_stop is not None and should_stop():
                 for t in active:
                     t.history.status, t.history.message = "interrupted", f"interrupted at step {step}"
                 break
-            streams = list(dict.fromkeys(t.stream for t in active))
-            x = to_engine_layout([s.inputs() for s in streams], [streams.index(t.stream) for t in active])
-            x = x.to(engine.device)
+            x = to_engine_layout([s.inputs() for s in streams], index).to(engine.device)
             y = task.targets(x, time_dim=2)  # every copy's at once
             losses, bad = engine.step(x, y)
             while bad:
@@ -283,6 +285,7 @@ def _train_steps(trainings: list[Training], engine: Engine, should_stop: Callabl
                 keep = [k for k in range(len(active)) if k not in bad]
                 engine.drop(list(bad))
                 active = [active[k] for k in keep]
+                streams, index = streams_of(active)  # a stream nobody reads any more is no longer drawn from
                 if not active:
                     break
                 x, y = x[keep].contiguous(), y[keep].contiguous()
