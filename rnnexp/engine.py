@@ -60,6 +60,17 @@ def _split(weight: torch.Tensor, bias: torch.Tensor, input_size: int, lstm: bool
     return [weight[:, :input_size], weight[:, input_size:], bias]
 
 
+def _rows(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Zeros of ``shape`` (..., K, features, B) in which each copy's (features, B) block is one row of memory with a
+    gap after it. Elementwise kernels run vector instructions along a row and finish its last few elements one by
+    one, with other roundings (sigmoid, fused multiply-adds); were the blocks of all copies one run of memory, a
+    copy's numbers would depend on where it sits, that is on K."""
+    *outer, features, B = shape
+    row = features * B
+    stride = (row // 16 + 1) * 16  # > row, so that no kernel merges two copies into one row; 64-byte aligned
+    return torch.zeros(*outer, stride, device=device)[..., :row].unflatten(-1, (features, B))
+
+
 class _Stack:
     """Buffers of every recurrent layer, laid out so that all layers advance together, as a wavefront.
 
@@ -121,29 +132,24 @@ class _Stack:
             return
         # LSTM gate blocks are kept in the order f, i, g, o (the notebook's is f, i, o, g), so that the three
         # blocks dc flows into are adjacent; the cell state is kept as 2c and g as 2g, whose sigmoids give tanhs.
-        self.S4 = z(L, K, G, W + 1, B)  # sigmoid of every gate pre-activation, the g block's doubled; last slot 0
-        self.G2 = z(L, K, H, W, B)  # 2 g
-        self.C2 = z(L, K, H, W + 1, B)  # 2 c, slots as HS
-        self.TC = z(L, K, H, W, B)  # tanh(c)
-        self.Q = z(L, K, H, W, B)  # dc += dh * Q
-        self.P = z(L, K, G, W, B)  # dpre = [dc, dc, dc, dh] * P
-        self.dC = z(L, K, H, W + 1, B)  # dLoss/dc; the last slot stays 0
-        self.S4_w = [self.S4[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
-        sl = lambda buf, a, b, w, lo, hi: buf[lo:hi + 1, :, a * H:b * H, w]  # noqa: E731
-        self.f_w = [sl(self.S4, 0, 1, w, lo, hi) for w, (lo, hi) in enumerate(self.span)]
-        self.i_w = [sl(self.S4, 1, 2, w, lo, hi) for w, (lo, hi) in enumerate(self.span)]
-        self.g_w = [sl(self.S4, 2, 3, w, lo, hi) for w, (lo, hi) in enumerate(self.span)]
-        self.o_w = [sl(self.S4, 3, 4, w, lo, hi) for w, (lo, hi) in enumerate(self.span)]
-        self.fnext_w = [sl(self.S4, 0, 1, w + 1, lo, hi) for w, (lo, hi) in enumerate(self.span)]
-        self.G2_w = [self.G2[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
-        self.Cin_w = [self.C2[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
-        self.Cout_w = [self.C2[lo:hi + 1, :, :, w + 1] for w, (lo, hi) in enumerate(self.span)]
-        self.TC_w = [self.TC[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
-        self.Q_w = [self.Q[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
-        self.dC_w = [self.dC[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
-        self.dCnext_w = [self.dC[lo:hi + 1, :, :, w + 1] for w, (lo, hi) in enumerate(self.span)]
-        self.P3_w = [self.P[lo:hi + 1, :, :3 * H, w].unflatten(2, (3, H)) for w, (lo, hi) in enumerate(self.span)]
-        self.Po_w = [self.P[lo:hi + 1, :, 3 * H:, w] for w, (lo, hi) in enumerate(self.span)]
+        # These buffers are read only elementwise, so they are wave-major, (waves, L, K, features, B): a wave's
+        # slice is a few blocks of memory, not K * features strided rows (those cost cache and TLB misses at K of 16).
+        rows = lambda *shape: _rows(shape, device)  # noqa: E731
+        self.S4 = rows(W + 1, L, K, G, B)  # sigmoid of every gate pre-activation, the g block's doubled; last slot 0
+        self.G2 = rows(W, L, K, H, B)  # 2 g
+        self.C2 = rows(W + 1, L, K, H, B)  # 2 c, slots as HS
+        self.TC = rows(W, L, K, H, B)  # tanh(c)
+        self.Q = rows(W, L, K, H, B)  # dc += dh * Q
+        self.P = rows(W, L, K, G, B)  # dpre = [dc, dc, dc, dh] * P
+        self.dC = rows(W + 1, L, K, H, B)  # dLoss/dc; the last slot stays 0
+        waves = lambda buf, shift=0: [buf[w + shift, lo:hi + 1] for w, (lo, hi) in enumerate(self.span)]  # noqa: E731
+        self.S4_w, self.G2_w, self.TC_w, self.Q_w = waves(self.S4), waves(self.G2), waves(self.TC), waves(self.Q)
+        self.Cin_w, self.Cout_w = waves(self.C2), waves(self.C2, 1)
+        self.dC_w, self.dCnext_w = waves(self.dC), waves(self.dC, 1)
+        self.f_w, self.i_w, self.g_w, self.o_w = ([v[:, :, a * H:(a + 1) * H] for v in self.S4_w] for a in range(4))
+        self.fnext_w = [v[:, :, :H] for v in waves(self.S4, 1)]
+        self.P3_w = [v[:, :, :3 * H].unflatten(2, (3, H)) for v in waves(self.P)]
+        self.Po_w = [v[:, :, 3 * H:] for v in waves(self.P)]
         self.dXW3_w = [self.dXW[lo:hi + 1, :, :3 * H, w].unflatten(2, (3, H)) for w, (lo, hi) in enumerate(self.span)]
         self.dXWo_w = [self.dXW[lo:hi + 1, :, 3 * H:, w] for w, (lo, hi) in enumerate(self.span)]
 
@@ -198,14 +204,14 @@ class _Stack:
             else:
                 self.dact.fill_(1)
         else:
-            S4, P, one = self.S4[:, :, :, :W], self.P, self.one
+            S4, P, one = self.S4[:W], self.P, self.one
             dS = torch.addcmul(S4, S4, S4, value=-1)  # sigmoid' = s - s^2 (the g block's is not used)
-            torch.addcmul(self.zero, self.C2[:, :, :, :W], dS[:, :, :H], value=0.5, out=P[:, :, :H])  # f: c_{t-1} f'
-            torch.addcmul(self.zero, self.G2, dS[:, :, H:2 * H], value=0.5, out=P[:, :, H:2 * H])  # i: g i'
-            torch.mul(S4[:, :, H:2 * H], torch.addcmul(one, self.G2, self.G2, value=-0.25),
-                      out=P[:, :, 2 * H:3 * H])  # g: i g'
-            torch.mul(self.TC, dS[:, :, 3 * H:], out=P[:, :, 3 * H:])  # o: tanh(c) o'
-            torch.mul(S4[:, :, 3 * H:], torch.addcmul(one, self.TC, self.TC, value=-1), out=self.Q)  # o tanh'(c)
+            torch.addcmul(self.zero, self.C2[:W], dS[..., :H, :], value=0.5, out=P[..., :H, :])  # f: c_{t-1} f'
+            torch.addcmul(self.zero, self.G2, dS[..., H:2 * H, :], value=0.5, out=P[..., H:2 * H, :])  # i: g i'
+            torch.mul(S4[..., H:2 * H, :], torch.addcmul(one, self.G2, self.G2, value=-0.25),
+                      out=P[..., 2 * H:3 * H, :])  # g: i g'
+            torch.mul(self.TC, dS[..., 3 * H:, :], out=P[..., 3 * H:, :])  # o: tanh(c) o'
+            torch.mul(S4[..., 3 * H:, :], torch.addcmul(one, self.TC, self.TC, value=-1), out=self.Q)  # o tanh'(c)
         for w in range(W - 1, -1, -1):
             # dh_t: from the head (top layer), from the same layer's step t+1, from the layer above's step t
             if w == W - 1:  # the top layer's last step: nothing comes from later steps
@@ -274,7 +280,8 @@ class Engine:
         so a copy's numbers would depend on where it sits in the stack."""
         self._adam = [[t[k] for t in group for k in range(self.K)]
                       for group in (self.params, self.grads, self.exp_avg, self.exp_avg_sq)]
-        self.steps = [torch.full((), step, dtype=torch.float32, device=self.device) for _ in self._adam[0]]
+        self.step_count = torch.full((), step, dtype=torch.float32, device=self.device)
+        self.steps = [self.step_count] * len(self._adam[0])  # the kernel reads one per tensor; all copies share it
 
     # ---- the step -------------------------------------------------------------------------------------
     def _buffers(self, T: int, B: int) -> None:
@@ -386,7 +393,7 @@ class Engine:
                 norms = self._norms()
                 return [], {k: f"gradient norm became {norms[k].item()}" for k in range(self.K)
                             if not math.isfinite(norms[k].item())}
-        torch._foreach_add_(self.steps, 1)
+        self.step_count.add_(1)
         torch._fused_adam_(*self._adam, [], self.steps, amsgrad=False,
                            lr=self.lr, beta1=BETAS[0], beta2=BETAS[1], weight_decay=0.0, eps=EPS, maximize=False,
                            grad_scale=None, found_inf=None)
@@ -399,7 +406,7 @@ class Engine:
         for group in (self.params, self.grads, self.exp_avg, self.exp_avg_sq):
             group[:] = [t.index_select(0, index).contiguous() for t in group]
         self.targets = [self.targets[k] for k in keep]
-        self._adam_views(float(self.steps[0]))
+        self._adam_views(float(self.step_count))
         self._shape = None
 
     # ---- copy k as the notebook's modules and torch.optim's state -------------------------------------
@@ -425,7 +432,7 @@ class Engine:
     def optimizer_state(self, k: int, model: nn.Module) -> dict:
         """Copy k's Adam state in torch.optim.Adam's format over ``model.parameters()``."""
         avg, avg_sq = self._per_param(self.exp_avg, k, model), self._per_param(self.exp_avg_sq, k, model)
-        step = self.steps[0]
+        step = self.step_count
         state = {} if step.item() == 0 else {
             i: {"step": step.clone().cpu(), "exp_avg": m.cpu(), "exp_avg_sq": v.cpu()}
             for i, (m, v) in enumerate(zip(avg, avg_sq))}
@@ -458,8 +465,7 @@ class Engine:
                     for target, value in zip(stacked[i:], _split(weight, bias, size, self.kind == "lstm")):
                         target[k].copy_(value)
                     i += 2 if size == 0 else 3
-            for s in self.steps:
-                s.fill_(float(states[0]["step"]))
+            self.step_count.fill_(float(states[0]["step"]))
 
 
 def _pairs(tensors: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
