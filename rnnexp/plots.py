@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatterSciNotation, LogLocator
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -26,6 +29,47 @@ def _margins(fig: Figure, left: float, right: float, bottom: float, top: float, 
                         wspace=wspace, hspace=hspace)
 
 
+class _LogLabels(LogFormatterSciNotation):
+    """matplotlib's log-axis labels (which ticks get one, 10^-2, 2 x 10^-2) in plain text with superscripts
+    instead of mathtext, whose parser costs more than drawing the rest of a figure's axis."""
+
+    def __call__(self, x, pos=None) -> str:
+        return _plain(super().__call__(x, pos))
+
+
+def _plain(label: str) -> str:
+    """A mathtext tick label as LogFormatterSciNotation writes it, e.g. ``$\\mathdefault{2\\times10^{-3}}$``,
+    as plain text: 2\u00d710\u207b\u00b3."""
+    body = label.strip("$").removeprefix("\\mathdefault{").removesuffix("}")
+    mantissa, _, exponent = body.partition("10^{")
+    if not _:
+        return body
+    mantissa = mantissa.replace("\\times", "\u00d7")
+    return f"{mantissa}10{exponent.removesuffix('}').translate(_SUPERSCRIPT)}"
+
+
+class _MinorLogLocator(LogLocator):
+    """Minor ticks of a log axis: 2 and 5 in every decade over a wide range, every digit within one decade or less
+    (each tick costs a millisecond of drawing; one minor grid line per digit over several decades is clutter)."""
+
+    def __init__(self):
+        super().__init__(subs=np.arange(2.0, 10.0))
+
+    def tick_values(self, vmin, vmax):
+        wide = vmin > 0 and vmax > 0 and abs(np.log10(vmax / vmin)) > 1.5
+        self.set_params(subs=np.array([2.0, 5.0]) if wide else np.arange(2.0, 10.0))
+        return super().tick_values(vmin, vmax)
+
+
+def _log_scale(ax, which: str) -> None:
+    """A log scale on ``ax``'s ``which`` ("x" or "y") axis, labelled by _LogLabels, minor ticks by _MinorLogLocator."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_formatter(_LogLabels())
+    axis.set_minor_formatter(_LogLabels(labelOnlyBase=False))
+    axis.set_minor_locator(_MinorLogLocator())
+
+
 def loss_figure(curves: dict[str, np.ndarray], title: str) -> Figure:
     """Training loss per step on a log scale; the faint raw curve under a smoothed line."""
     fig = Figure(figsize=(7, 4))
@@ -38,10 +82,10 @@ def loss_figure(curves: dict[str, np.ndarray], title: str) -> Figure:
         ax.plot(steps, losses, color=color, alpha=0.2, linewidth=0.6)
         ax.plot(steps, smooth(losses, max(1, len(losses) // 50)), color=color, linewidth=1.6, label=label,
                 marker="o" if len(losses) < 20 else None)  # a run that diverged at once has a point or two
-    ax.set_yscale("log")
+    _log_scale(ax, "y")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (MSE)")
-    ax.set_title(title)
+    ax.set_title(title, y=1.0)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return fig
@@ -68,7 +112,7 @@ def predictions_figure(x: np.ndarray, y: np.ndarray, preds: dict[str, np.ndarray
             for k, (label, p) in enumerate(preds.items()):
                 ax.plot(steps, p[i], color=f"C{k}", label=label)
         ax.set_xlabel("timestep")
-        ax.set_title(f"sequence {i + 1}")
+        ax.set_title(f"sequence {i + 1}", y=1.0)
         ax.grid(True, alpha=0.3)
         if i == 0:
             ax.legend(fontsize="small")
@@ -119,7 +163,7 @@ def gradscan_figure(seq_len: int, curves: list[tuple[str, np.ndarray, np.ndarray
     ax2.set_ylabel("||dLoss/dh_t||" + (" (dashed: ||dLoss/dc_t||)" if has_cells else ""))
     drawn = [g for _, _, grad, cell in curves for g in (grad, cell) if g is not None]
     if any((np.isfinite(g) & (g > 0)).any() for g in drawn):  # a log axis needs one positive number
-        ax2.set_yscale("log")
+        _log_scale(ax2, "y")
     for ax in (ax1, ax2):
         ax.set_xlabel("unroll timestep t")
         ax.set_xlim(seq_len + 0.5, 0.5)  # gradients flow from the last step back to the first
@@ -159,7 +203,7 @@ def log_heatmap_figure(panels: list[tuple[str, np.ndarray, np.ndarray]], row_nam
         ax.set_yticks(ticks, [f"{row_values[j]:g}" for j in ticks])
         ax.set_xlabel("timestep t")
         ax.set_ylabel(row_name)
-        ax.set_title(panel_title, fontsize="medium")
+        ax.set_title(panel_title, fontsize="medium", y=1.0)
         fig.colorbar(mesh, ax=ax, label="log10 norm")
     fig.suptitle(title + "\n(white: exactly 0, black: inf or nan)", fontsize="medium")
     return fig
@@ -211,8 +255,8 @@ def sweep_figure(groups: dict[str, list[tuple[float, float, list[float]]]], x_la
         for xi, _, values in points:
             ax.plot([xi] * len(values), values, linestyle="none", marker=".", color=color, alpha=0.35)
     if xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
-        ax.set_xscale("log")
-    ax.set_yscale("log")
+        _log_scale(ax, "x")
+    _log_scale(ax, "y")
     ax.set_xlabel(x_label)
     ax.set_ylabel("eval MSE (mean; bar: min to max over seeds)")
     ax.set_title(title)
