@@ -87,8 +87,6 @@ class _Stack:
         self.kind, self.activation, self.H, self.G, self.W = kind, activation, H, G, W
         z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
         self.one, self.zero = torch.ones((), device=device), torch.zeros((), device=device)
-        self.two, self.minus_one = torch.full((), 2.0, device=device), torch.full((), -1.0, device=device)
-        self.minus_two, self.four = torch.full((), -2.0, device=device), torch.full((), 4.0, device=device)
         self.XW = z(L, K, G, W, B)  # pre-activations: input part (layer 0: all at once; others: per wave)
         self.HS = z(L, K, H, W + 1, B)
         self.dXW = z(L, K, G, W + 1, B)  # dLoss/d(pre-activation); the last slot stays 0
@@ -131,19 +129,19 @@ class _Stack:
             self.dact_w = [self.dact[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
             return
         # LSTM gate blocks are kept in the order f, i, g, o (the notebook's is f, i, o, g), so that the three
-        # blocks dc flows into are adjacent; the cell state is kept as 2c and g as 2g, whose sigmoids give tanhs.
+        # blocks dc flows into are adjacent; the cell state is kept as 2c, whose sigmoid gives tanh(c).
         # These buffers are read only elementwise, so they are wave-major, (waves, L, K, features, B): a wave's
         # slice is a few blocks of memory, not K * features strided rows (those cost cache and TLB misses at K of 16).
         rows = lambda *shape: _rows(shape, device)  # noqa: E731
         self.S4 = rows(W + 1, L, K, G, B)  # sigmoid of every gate pre-activation, the g block's doubled; last slot 0
-        self.G2 = rows(W, L, K, H, B)  # 2 g
+        self.TG = rows(W, L, K, H, B)  # g = tanh(pre_g)
         self.C2 = rows(W + 1, L, K, H, B)  # 2 c, slots as HS
         self.TC = rows(W, L, K, H, B)  # tanh(c)
         self.Q = rows(W, L, K, H, B)  # dc += dh * Q
         self.P = rows(W, L, K, G, B)  # dpre = [dc, dc, dc, dh] * P
         self.dC = rows(W + 1, L, K, H, B)  # dLoss/dc; the last slot stays 0
         waves = lambda buf, shift=0: [buf[w + shift, lo:hi + 1] for w, (lo, hi) in enumerate(self.span)]  # noqa: E731
-        self.S4_w, self.G2_w, self.TC_w, self.Q_w = waves(self.S4), waves(self.G2), waves(self.TC), waves(self.Q)
+        self.S4_w, self.TG_w, self.TC_w, self.Q_w = waves(self.S4), waves(self.TG), waves(self.TC), waves(self.Q)
         self.Cin_w, self.Cout_w = waves(self.C2), waves(self.C2, 1)
         self.dC_w, self.dCnext_w = waves(self.dC), waves(self.dC, 1)
         self.f_w, self.i_w, self.g_w, self.o_w = ([v[:, :, a * H:(a + 1) * H] for v in self.S4_w] for a in range(4))
@@ -160,6 +158,7 @@ class _Stack:
         tanh is computed as 2 sigmoid(2x) - 1 (torch's CPU tanh is several times slower than its sigmoid; the
         two differ by float rounding, ~1e-7): a tanh RNN's pre-activations come in doubled, and so do an
         LSTM's g rows (the caller doubles those rows of the weights, which is exact in floating point).
+        2 s - 1 is ``lerp(s, 1, -1)``: an addcmul with a 0-dim multiplier takes torch's slow broadcasting loop.
         """
         tanh_rnn = self.kind == "rnn" and self.activation == "tanh"
         alpha = 2 if tanh_rnn else 1
@@ -175,20 +174,20 @@ class _Stack:
                 h = self.Hout_w[w]
                 if tanh_rnn:
                     torch.sigmoid(pre, out=h)
-                    torch.addcmul(self.minus_one, h, self.two, out=h)
+                    torch.lerp(h, self.one, -1.0, out=h)  # 2 s - 1
                 elif self.activation == "relu":
                     torch.clamp_min(pre, 0, out=h)  # torch.relu has no out=; same values
                 else:
                     h.copy_(pre)
                 continue
             torch.sigmoid(pre, out=self.S4_w[w])
-            torch.addcmul(self.minus_two, self.g_w[w], self.four, out=self.G2_w[w])  # 2 g = 2 (2 s - 1)
+            torch.lerp(self.g_w[w], self.one, -1.0, out=self.TG_w[w])  # g = 2 s - 1
             c = self.Cout_w[w]
             torch.mul(self.f_w[w], self.Cin_w[w], out=c)  # c_{-1} = 0
-            c.addcmul_(self.i_w[w], self.G2_w[w])
+            c.addcmul_(self.i_w[w], self.TG_w[w], value=2)
             tc = self.TC_w[w]
             torch.sigmoid(c, out=tc)
-            torch.addcmul(self.minus_one, tc, self.two, out=tc)  # tanh(c)
+            torch.lerp(tc, self.one, -1.0, out=tc)  # tanh(c)
             torch.mul(tc, self.o_w[w], out=self.Hout_w[w])
 
     def backward(self, W_ihT: list) -> None:
@@ -207,8 +206,8 @@ class _Stack:
             S4, P, one = self.S4[:W], self.P, self.one
             dS = torch.addcmul(S4, S4, S4, value=-1)  # sigmoid' = s - s^2 (the g block's is not used)
             torch.addcmul(self.zero, self.C2[:W], dS[..., :H, :], value=0.5, out=P[..., :H, :])  # f: c_{t-1} f'
-            torch.addcmul(self.zero, self.G2, dS[..., H:2 * H, :], value=0.5, out=P[..., H:2 * H, :])  # i: g i'
-            torch.mul(S4[..., H:2 * H, :], torch.addcmul(one, self.G2, self.G2, value=-0.25),
+            torch.mul(self.TG, dS[..., H:2 * H, :], out=P[..., H:2 * H, :])  # i: g i'
+            torch.mul(S4[..., H:2 * H, :], torch.addcmul(one, self.TG, self.TG, value=-1),
                       out=P[..., 2 * H:3 * H, :])  # g: i g'
             torch.mul(self.TC, dS[..., 3 * H:, :], out=P[..., 3 * H:, :])  # o: tanh(c) o'
             torch.mul(S4[..., 3 * H:, :], torch.addcmul(one, self.TC, self.TC, value=-1), out=self.Q)  # o tanh'(c)
