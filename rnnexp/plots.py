@@ -39,25 +39,31 @@ class _LogLabels(LogFormatterSciNotation):
 
 def _plain(label: str) -> str:
     """A mathtext tick label as LogFormatterSciNotation writes it, e.g. ``$\\mathdefault{2\\times10^{-3}}$``,
-    as plain text: 2\u00d710\u207b\u00b3."""
+    as plain text: 2\u00d710\u207b\u00b3; a label of another form comes back as it is (mathtext still draws it)."""
     body = label.strip("$").removeprefix("\\mathdefault{").removesuffix("}")
-    mantissa, _, exponent = body.partition("10^{")
-    if not _:
-        return body
-    mantissa = mantissa.replace("\\times", "\u00d7")
-    return f"{mantissa}10{exponent.removesuffix('}').translate(_SUPERSCRIPT)}"
+    mantissa, power, exponent = body.partition("10^{")
+    plain = body
+    if power:
+        mantissa = mantissa.replace("\\times", "\u00d7")
+        plain = mantissa + "10" + exponent.removesuffix("}").translate(_SUPERSCRIPT)
+    return label if any(c in plain for c in "\\{}^$") else plain
 
 
 class _MinorLogLocator(LogLocator):
-    """Minor ticks of a log axis: 2 and 5 in every decade over a wide range, every digit within one decade or less
-    (each tick costs a millisecond of drawing; one minor grid line per digit over several decades is clutter)."""
+    """Minor ticks of a log axis: 2 and 5 in every decade over more than WIDE_DECADES decades (each tick costs a
+    millisecond of drawing, and a grid line per digit over several decades is clutter); matplotlib's own below."""
+
+    WIDE_DECADES = 1.5
 
     def __init__(self):
-        super().__init__(subs=np.arange(2.0, 10.0))
+        super().__init__(subs="auto")
 
     def tick_values(self, vmin, vmax):
-        wide = vmin > 0 and vmax > 0 and abs(np.log10(vmax / vmin)) > 1.5
-        self.set_params(subs=np.array([2.0, 5.0]) if wide else np.arange(2.0, 10.0))
+        low, high = sorted((vmin, vmax))
+        if self.axis is not None:  # on a log axis matplotlib puts limits <= 0 at the smallest positive value
+            low = max(low, self.axis.get_minpos())
+        wide = 0 < low < high and np.log10(high / low) > self.WIDE_DECADES
+        self.set_params(subs=np.array([2.0, 5.0]) if wide else "auto")
         return super().tick_values(vmin, vmax)
 
 
@@ -85,7 +91,7 @@ def loss_figure(curves: dict[str, np.ndarray], title: str) -> Figure:
     _log_scale(ax, "y")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (MSE)")
-    ax.set_title(title, y=1.0)
+    ax.set_title(title, y=1.0)  # a fixed height: else matplotlib measures the axis under the title at every draw
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return fig
@@ -112,7 +118,7 @@ def predictions_figure(x: np.ndarray, y: np.ndarray, preds: dict[str, np.ndarray
             for k, (label, p) in enumerate(preds.items()):
                 ax.plot(steps, p[i], color=f"C{k}", label=label)
         ax.set_xlabel("timestep")
-        ax.set_title(f"sequence {i + 1}", y=1.0)
+        ax.set_title(f"sequence {i + 1}", y=1.0)  # a fixed height, as in loss_figure
         ax.grid(True, alpha=0.3)
         if i == 0:
             ax.legend(fontsize="small")
@@ -203,7 +209,7 @@ def log_heatmap_figure(panels: list[tuple[str, np.ndarray, np.ndarray]], row_nam
         ax.set_yticks(ticks, [f"{row_values[j]:g}" for j in ticks])
         ax.set_xlabel("timestep t")
         ax.set_ylabel(row_name)
-        ax.set_title(panel_title, fontsize="medium", y=1.0)
+        ax.set_title(panel_title, fontsize="medium", y=1.0)  # a fixed height, as in loss_figure
         fig.colorbar(mesh, ax=ax, label="log10 norm")
     fig.suptitle(title + "\n(white: exactly 0, black: inf or nan)", fontsize="medium")
     return fig
