@@ -196,7 +196,8 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: Run
     cfg = load_config(config, _with_device(overrides, device), cls=CompareConfig)
     from .compare import run_compare, training_name
 
-    result = run_compare(cfg, runs_dir, sys.argv, jobs, show_progress=not quiet)
+    with _StopOnSignal() as stop:
+        result = run_compare(cfg, runs_dir, sys.argv, jobs, show_progress=not quiet, should_stop=stop)
     count = len(result.rows)
     title = f"{cfg.name}: {count} training{'' if count == 1 else 's'} ({result.status})"
     table, starred = (_seeds_table if cfg.seeds > 1 else _compare_table)(cfg, result.rows, title)

@@ -15,7 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -152,9 +152,14 @@ class _Board:
 
 
 def run_jobs(configs: list[Config], dirs: list[Path], device: torch.device, argv: list[str], jobs: int,
-             show_progress: bool) -> tuple[list[TrainResult | None], list[str], bool]:
+             show_progress: bool, should_stop: Callable[[], bool] | None = None,
+             ) -> tuple[list[TrainResult | None], list[str], bool]:
     """Train every group of ``groups_of(configs)`` in its own process, at most ``jobs`` at a time.
 
+    ``should_stop()`` (asked every 0.2 s) or a KeyboardInterrupt stops it: no further group starts and the
+    running workers are sent SIGINT, each then ending its trainings ``interrupted`` with their results. A caller
+    that takes signals should answer them through ``should_stop``: a KeyboardInterrupt raised while a message
+    is half read from the workers' queue leaves the rest of the queue unreadable.
     Returns per training its TrainResult (None if it failed), an error message ('' if none),
     and whether the whole was interrupted.
     """
@@ -173,9 +178,24 @@ def run_jobs(configs: list[Config], dirs: list[Path], device: torch.device, argv
     running: dict[int, tuple[Any, list[int]]] = {}  # group number -> (process, its training indices)
     finished: set[int] = set()
     interrupted = False
+    last_sent = 0.0  # when the running workers were last sent SIGINT
+
+    def stop_workers() -> None:
+        # Again every second until they end: a signal that comes as a worker starts, before it has set
+        # its handlers, may be lost, and a worker takes any number of them as one.
+        nonlocal interrupted, last_sent
+        interrupted, last_sent = True, time.monotonic()
+        pending.clear()
+        for proc, _ in running.values():
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGINT)
+
     try:
         while pending or running:
             try:
+                if (should_stop is not None and should_stop() and not interrupted) or (
+                        interrupted and time.monotonic() - last_sent > 1.0):
+                    stop_workers()
                 while pending and len(running) < jobs and not interrupted:
                     group = pending.pop(0)
                     for k in group:
@@ -220,11 +240,7 @@ def run_jobs(configs: list[Config], dirs: list[Path], device: torch.device, argv
             except KeyboardInterrupt:
                 # Ctrl-C reaches the workers too; SIGTERM only this process: pass it on. Each
                 # worker then stops its trainings, writes what it has, and reports.
-                interrupted = True
-                pending.clear()
-                for proc, _ in running.values():
-                    if proc.is_alive():
-                        os.kill(proc.pid, signal.SIGINT)
+                stop_workers()
     finally:
         board.close()
     return results, errors, interrupted
@@ -259,27 +275,27 @@ def _draw_or_exit(figures: list[tuple[Path, Any]]) -> None:
 
 
 def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: int | None = None,
-                show_progress: bool = True) -> CompareResult:
+                show_progress: bool = True, should_stop: Callable[[], bool] | None = None) -> CompareResult:
     """``rnnexp compare``: every (model, target) into one run folder, with overlaid plots and a summary."""
     device = resolve_device(config.device)
     configs = config.train_configs()
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(configs)))
     run_dir = runs.create_run_dir(runs_dir, config.name)
     try:
-        return _compare_into(run_dir, config, configs, device, argv, jobs, show_progress)
+        return _compare_into(run_dir, config, configs, device, argv, jobs, show_progress, should_stop)
     except BaseException as e:  # e.g. a second Ctrl-C while the summary is written: meta.json must not say running
         runs.abandon(run_dir, *ended_by(e))
         raise
 
 
 def _compare_into(run_dir: Path, config: CompareConfig, configs: list[Config], device: torch.device, argv: list[str],
-                  jobs: int, show_progress: bool) -> CompareResult:
+                  jobs: int, show_progress: bool, should_stop: Callable[[], bool] | None) -> CompareResult:
     started = time.perf_counter()
     meta = new_meta(config.seed, device, argv) | {"jobs": jobs}
     runs.write_text(run_dir / runs.CONFIG, config_to_yaml(config))
     runs.write_json(run_dir / runs.META, meta)
     dirs = [run_dir / sub_dir_name(c, config.seeds) for c in configs]
-    results, errors, interrupted = run_jobs(configs, dirs, device, argv, jobs, show_progress)
+    results, errors, interrupted = run_jobs(configs, dirs, device, argv, jobs, show_progress, should_stop)
 
     rows = []
     for c, result, error in zip(configs, results, errors):

@@ -202,3 +202,20 @@ def test_a_figure_that_fails_in_the_drawing_process_is_drawn_again_by_the_parent
     assert result.exit_code == 0 and "Traceback" not in result.stderr
     assert {p.name for p in run_dir.glob("*.png")} == {"losses_all.png", "losses_last.png", "predictions_all.png",
                                                        "predictions_last.png"}
+
+
+def test_should_stop_ends_the_running_trainings_interrupted(tmp_path):
+    """The CLI answers Ctrl-C and SIGTERM through should_stop, asked while the workers run."""
+    import time
+
+    config = load_config(None, ["models=[{type: rnn, hidden_size: 4}]", "train.num_batches=100000",
+                                "eval.num_sequences=16"], cls=CompareConfig)
+    started = time.monotonic()
+    result = compare_module.run_compare(config, tmp_path, [], jobs=2, show_progress=False,
+                                        should_stop=lambda: time.monotonic() - started > 3)
+    assert result.status == "interrupted"
+    assert [r["status"] for r in result.rows] == ["interrupted", "interrupted"]
+    for row in result.rows:
+        metrics = (result.run_dir / f"{row['label']}_{row['target']}" / "metrics.csv").read_text().splitlines()
+        assert 1 < len(metrics) - 1 < 100000  # a header, then the steps taken before the stop
+    assert json.loads((result.run_dir / "meta.json").read_text())["status"] == "interrupted"
