@@ -88,7 +88,10 @@ class _Stack:
         self.kind, self.activation, self.H, self.G, self.W = kind, activation, H, G, W
         z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
         self.one, self.zero = torch.ones((), device=device), torch.zeros((), device=device)
-        self.XW = z(L, K, G, W, B)  # pre-activations: input part (layer 0: all at once; others: per wave)
+        # pre-activations, input part (layer 0: all at once; others: per wave), wave-major (W, L, K, G, B): an upper
+        # layer's slot of a wave is one block of memory, which bmm writes in place (into a strided view, torch
+        # computes aside and copies)
+        self.XW = z(W, L, K, G, B)
         self.HS = z(L, K, H, W + 1, B)
         self.dXW = z(L, K, G, W + 1, B)  # dLoss/d(pre-activation); the last slot stays 0
         self.E = z(L, K, H, W, B)  # dLoss/dh from the head (top layer only; 0 elsewhere)
@@ -96,8 +99,8 @@ class _Stack:
         self.span = [(max(0, w - T + 1), min(L - 1, w)) for w in range(W)]  # layers active at wave w
         nk = lambda lo, hi: (hi - lo + 1) * K  # noqa: E731
         # per wave: views of the active layers, (layers * copies, features, B) for bmm, (layers, copies, ...) otherwise
-        self.XW_w = [self.XW[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
-        self.XWr_w = [v.reshape(nk(lo, hi), G, B) for v, (lo, hi) in zip(self.XW_w, self.span)]
+        self.XW_w = [self.XW[w, lo:hi + 1] for w, (lo, hi) in enumerate(self.span)]
+        self.XWr_w = [v.view(nk(lo, hi), G, B) for v, (lo, hi) in zip(self.XW_w, self.span)]
         self.Hin_w = [self.HS[lo:hi + 1, :, :, w].reshape(nk(lo, hi), H, B) for w, (lo, hi) in enumerate(self.span)]
         self.Hout_w = [self.HS[lo:hi + 1, :, :, w + 1] for w, (lo, hi) in enumerate(self.span)]
         self.dXW_w = [self.dXW[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
@@ -115,7 +118,7 @@ class _Stack:
         self.pre_w = [self.PRE[lo * K:(hi + 1) * K] for lo, hi in self.span]
         self.pre4_w = [v.view(hi - lo + 1, K, G, B) for v, (lo, hi) in zip(self.pre_w, self.span)]
         # upper layers: (layer, XW slot to fill, h of the layer below) per wave; (layer, dh, dXW above) per wave
-        self.up_w = [[(l, self.XW[l, :, :, w], self.HS[l - 1, :, :, w]) for l in range(max(lo, 1), hi + 1)]
+        self.up_w = [[(l, self.XW[w, l], self.HS[l - 1, :, :, w]) for l in range(max(lo, 1), hi + 1)]
                      for w, (lo, hi) in enumerate(self.span)]
         self.down_w = [[(l, self.dh[l], self.dXW[l + 1, :, :, w + 1]) for l in range(lo, min(hi, L - 2) + 1)]
                        for w, (lo, hi) in enumerate(self.span)]
@@ -296,8 +299,8 @@ class Engine:
             self._g_doubled = torch.ones(G, 1, device=dev)
             self._g_doubled[2 * H:3 * H] = 2.0
         self._E_top = self.stack.E[L - 1, :, :, L - 1:L - 1 + T].reshape(K, H, T * B)
-        self._XW0 = self.stack.XW[0, :, :, :T].reshape(K, G, T * B)
-        assert self._E_top._base is not None and self._XW0._base is not None  # views, written in place
+        self._XW0 = self.stack.XW[:T, 0]  # layer 0's T steps, (T, K, G, B)
+        assert self._E_top._base is not None  # a view, written in place
         self.preds, self.diff, self.dP = (torch.zeros(K, O, T, B, device=dev) for _ in range(3))
         # dLoss_k/dpred = diff * scale_k: mean over every step ("all") or over the last one only ("last")
         self.scale = torch.zeros(K, 1, T, 1, device=dev)
@@ -314,22 +317,19 @@ class Engine:
         K, _, T, B = x.shape
         self._buffers(T, B)
         st, L, H = self.stack, self.num_layers, self.hidden
-        W_ih0, _, b0 = self.params[:3]
-        self.x_in = inp = x.reshape(K, x.shape[1], T * B)
-        if inp.shape[1] == 1:  # an outer product: bmm with an inner size of 1 is slow
-            torch.addcmul(b0.unsqueeze(-1), W_ih0, inp, out=self._XW0)
-        else:
-            torch.baddbmm(b0.unsqueeze(-1), W_ih0, inp, out=self._XW0)
         torch.cat([self.params[3 * l + 1] for l in range(L)], out=st.W_hh)
-        W_ih = [None] + [self.params[3 * l] for l in range(1, L)]
-        b = [None] + [self.params[3 * l + 2].unsqueeze(-1) for l in range(1, L)]
+        W_ih = [self.params[3 * l] for l in range(L)]
+        b = [self.params[3 * l + 2].unsqueeze(-1) for l in range(L)]
         if self.kind == "lstm":  # 2 pre_g, exactly, from doubled g rows
-            st.XW[0, :, 2 * H:3 * H, :T].mul_(self._two)
             torch.mul(st.W_hh, self._g_doubled, out=st.W_hh_fwd)
-            W_ih = [None] + [w * self._g_doubled for w in W_ih[1:]]
-            b = [None] + [v * self._g_doubled for v in b[1:]]
-        elif self.activation == "tanh":
-            self._XW0.mul_(self._two)
+            W_ih, b = [w * self._g_doubled for w in W_ih], [v * self._g_doubled for v in b]
+        elif self.activation == "tanh":  # 2 pre, exactly
+            W_ih[0], b[0] = W_ih[0] * self._two, b[0] * self._two
+        self.x_in = inp = x.reshape(K, x.shape[1], T * B)
+        if inp.shape[1] == 1:  # an outer product, straight into (T, K, G, B): bmm with an inner size of 1 is slow
+            torch.addcmul(b[0].unsqueeze(0), W_ih[0].unsqueeze(0), x.permute(2, 0, 1, 3), out=self._XW0)
+        else:
+            self._XW0.copy_(torch.baddbmm(b[0], W_ih[0], inp).view(K, -1, T, B).permute(2, 0, 1, 3))
         st.forward(W_ih, b)
         W_o, b_o = self.params[-2:]
         torch.baddbmm(b_o.unsqueeze(-1), W_o, st.seq[-1], out=self.preds.view(K, -1, T * B))
