@@ -150,6 +150,35 @@ def measure_models(rounds: int, steps: int) -> dict:
 SEEDS = 16
 
 
+def matmul_floor(config, copies: int, calls: int = 200) -> float:
+    """Seconds per engine step of ``copies`` copies spent in the step's matrix products alone, each one
+    bmm over contiguous buffers (the fastest form torch has), summed over the step: per timestep and
+    recurrent matrix (W_hh of every layer, W_ih of the layers above the first) one product forward and
+    one backward, and per matrix one for its gradient over all timesteps; the head's two. Every step
+    of the engine does at least these, so ``SEEDS`` x (one-copy step) / floor is the most that training
+    the seeds together could gain over one by one on this machine, whatever the elementwise code."""
+    K, H, T, B = copies, config.model.hidden_size, config.task.seq_len, config.train.batch_size
+    G = 4 * H if config.model.type == "lstm" else H
+    O = 1
+
+    def per_call(a: torch.Tensor, b: torch.Tensor) -> float:
+        out = torch.empty(a.shape[0], a.shape[1], b.shape[2])
+        for _ in range(10):
+            torch.bmm(a, b, out=out)
+        start = time.perf_counter()
+        for _ in range(calls):
+            torch.bmm(a, b, out=out)
+        return (time.perf_counter() - start) / calls
+
+    r = torch.randn
+    matrices = 2 * config.model.num_layers - 1
+    forward = per_call(r(K, G, H), r(K, H, B))
+    backward = per_call(r(K, H, G), r(K, G, B))
+    gradient = per_call(r(K, G, T * B), r(K, T * B, H))
+    head = per_call(r(K, O, H), r(K, H, T * B)) + per_call(r(K, O, T * B), r(K, T * B, H))
+    return matrices * (T * (forward + backward) + gradient) + head
+
+
 def measure_seeds(rounds: int, steps: int) -> dict:
     """Per-run throughput of SEEDS seeds of one model trained together (one engine) against training them one by
     one (rnnexp's path at K = 1, and torch's native modules), one torch thread, interleaved."""
@@ -165,10 +194,12 @@ def measure_seeds(rounds: int, steps: int) -> dict:
             for name, run in runners.items():
                 n = max(1, steps * 4 // SEEDS) if name == "together" else steps  # 4 x steps optimizer steps
                 samples[name].append(_steps_per_s(run, n) * per_call[name])
-        out[label] = {name: _stats(v) for name, v in samples.items()}
-        row = out[label]
+        out[label] = row = {name: _stats(v) for name, v in samples.items()}
+        row["matmul_floor_ms"] = matmul_floor(config, SEEDS) * 1e3
+        row["ceiling"] = SEEDS / row["rnnexp"]["median"] / (row["matmul_floor_ms"] / 1e3)
         print(f"  {label:13s} {SEEDS} together {row['together']['median']:7.0f} run-steps/s, one by one: rnnexp "
-              f"{row['rnnexp']['median']:6.0f}/s, torch {row['torch']['median']:6.0f}/s", flush=True)
+              f"{row['rnnexp']['median']:6.0f}/s, torch {row['torch']['median']:6.0f}/s; matrix products alone "
+              f"{row['matmul_floor_ms']:.2f} ms per {SEEDS}-copy step", flush=True)
     return out
 
 
@@ -258,10 +289,10 @@ def main() -> None:
         print(f"{label:13s} {nb:9.0f} {th:9.0f} {rx:9.0f} {rx / nb:11.2f}x {rx / th:8.2f}x  "
               f"[rnnexp {row['rnnexp']['min']:.0f}-{row['rnnexp']['max']:.0f}]")
     print(f"\n{'model':13s} {SEEDS:>3d} together   rnnexp 1 by 1   torch 1 by 1  {'vs rnnexp':>10s} {'vs torch':>9s}"
-          "  (run-steps/s, median)")
+          f"  {'ceiling':>8s}  (run-steps/s, median; ceiling: vs rnnexp if the matrix products were all)")
     for label, row in result["seeds"].items():
         tg, rx, th = (row[k]["median"] for k in ("together", "rnnexp", "torch"))
-        print(f"{label:13s} {tg:12.0f} {rx:15.0f} {th:14.0f} {tg / rx:9.2f}x {tg / th:8.2f}x")
+        print(f"{label:13s} {tg:12.0f} {rx:15.0f} {th:14.0f} {tg / rx:9.2f}x {tg / th:8.2f}x  {row['ceiling']:7.2f}x")
     if "full" in result:
         nb, rx = result["full"]["notebook"], result["full"]["rnnexp_compare"]
         print(f"whole experiment: notebook {nb['median']:.1f} s [{nb['min']:.1f}-{nb['max']:.1f}], rnnexp compare "

@@ -76,9 +76,10 @@ class _Stack:
 
     Layer l's timestep t is computed at wave w = t + l (it needs layer l-1's h_t, made at wave w - 1, and
     its own h_{t-1}, also made at wave w - 1), so one wave runs every layer at once: its recurrent
-    matmul is one bmm over (layers x copies) and each elementwise op one call for all layers. Buffers are
-    (L, K, features, waves, B), but for the LSTM's that are read only elementwise: those are wave-major,
-    (waves, L, K, features, B). A state buffer has one more slot than there are waves, slot w + 1 holding
+    matmul is one bmm over (layers x copies) and each elementwise op one call for all layers. Buffers that
+    whole-sequence products read (states, dLoss/d(pre-activation)) are (L, K, features, waves, B); the others
+    are wave-major, (waves, L, K, features, B): the input part of the pre-activations and the LSTM's buffers
+    that are read only elementwise. A state buffer has one more slot than there are waves, slot w + 1 holding
     the state made at wave w and slot l layer l's zero initial state. Positions a layer never visits stay 0.
     """
 
