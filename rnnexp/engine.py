@@ -76,11 +76,13 @@ class _Stack:
 
     Layer l's timestep t is computed at wave w = t + l (it needs layer l-1's h_t, made at wave w - 1, and
     its own h_{t-1}, also made at wave w - 1), so one wave runs every layer at once: its recurrent
-    matmul is one bmm over (layers x copies) and each elementwise op one call for all layers. Buffers that
-    whole-sequence products read (states, dLoss/d(pre-activation)) are (L, K, features, waves, B); the others
-    are wave-major, (waves, L, K, features, B): the input part of the pre-activations and the LSTM's buffers
-    that are read only elementwise. A state buffer has one more slot than there are waves, slot w + 1 holding
-    the state made at wave w and slot l layer l's zero initial state. Positions a layer never visits stay 0.
+    matmul is one bmm over (layers x copies) and each elementwise op one call for all layers. Layouts:
+    (L, K, features, waves, B), so that a layer's whole sequence is one matrix per copy: HS (states), dXW
+    (dLoss/d(pre-activation)), E (dLoss/dh from the head), dact (an RNN's activation derivative);
+    (waves, L, K, features, B), so that a wave's slice is a few blocks of memory: XW (the input part of the
+    pre-activations) and the LSTM's S4, TG, C2, TC, Q, P, dC, which are read only elementwise. A state buffer
+    has one more slot than there are waves, slot w + 1 holding the state made at wave w and slot l layer l's
+    zero initial state. Positions a layer never visits stay 0.
     """
 
     def __init__(self, kind: str, activation: str, L: int, K: int, T: int, B: int, H: int, device: torch.device):
@@ -89,9 +91,8 @@ class _Stack:
         self.kind, self.activation, self.H, self.G, self.W = kind, activation, H, G, W
         z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
         self.one, self.zero = torch.ones((), device=device), torch.zeros((), device=device)
-        # pre-activations, input part (layer 0: all at once; others: per wave), wave-major (W, L, K, G, B): an upper
-        # layer's slot of a wave is one block of memory, which bmm writes in place (into a strided view, torch
-        # computes aside and copies)
+        # input part of the pre-activations, wave-major: an upper layer's slot of a wave is contiguous, so baddbmm
+        # writes it as one batched product (into a strided slot torch makes one addmm per copy)
         self.XW = z(W, L, K, G, B)
         self.HS = z(L, K, H, W + 1, B)
         self.dXW = z(L, K, G, W + 1, B)  # dLoss/d(pre-activation); the last slot stays 0
@@ -157,19 +158,21 @@ class _Stack:
         self.dXWo_w = [self.dXW[lo:hi + 1, :, 3 * H:, w] for w, (lo, hi) in enumerate(self.span)]
 
     def forward(self, W_ih: list, b: list) -> None:
-        """The recurrence, wave by wave, with ``W_hh_fwd`` as filled by the engine; layers l >= 1 take their
-        input part from ``W_ih[l]``, ``b[l]`` ((K, G, H), (K, G, 1)) as soon as the layer below has it.
+        """The recurrence, wave by wave, from layer 0's input part in XW and ``W_hh_fwd`` as filled by the
+        engine; layers l >= 1 take their input part from ``W_ih[l]``, ``b[l]`` ((K, G, H), (K, G, 1)) as soon as
+        the layer below has it (``W_ih[0]``, ``b[0]`` are not read).
 
         tanh is computed as 2 sigmoid(2x) - 1 (torch's CPU tanh is several times slower than its sigmoid; the
-        two differ by float rounding, ~1e-7): a tanh RNN's pre-activations come in doubled, and so do an
-        LSTM's g rows (the caller doubles those rows of the weights, which is exact in floating point).
+        two differ by float rounding, ~1e-7), so the pre-activations it takes come doubled, which is exact in
+        floating point: the caller doubles a tanh RNN's W_ih and b, and an LSTM's g rows of W_ih, b and
+        W_hh_fwd; a tanh RNN's W_hh part is doubled here (alpha = 2).
         2 s - 1 is ``lerp(s, 1, -1)``: an addcmul with a 0-dim multiplier takes torch's slow broadcasting loop.
         """
         tanh_rnn = self.kind == "rnn" and self.activation == "tanh"
         alpha = 2 if tanh_rnn else 1
         for w in range(self.W):
             for l, xw, below in self.up_w[w]:  # the input part of upper layers: h_{l-1} from wave w - 1
-                torch.baddbmm(b[l], W_ih[l], below, beta=alpha, alpha=alpha, out=xw)
+                torch.baddbmm(b[l], W_ih[l], below, out=xw)
             if w == 0:  # layer 0's first step: h_{-1} = 0
                 pre = self.XW_w[0]
             else:
@@ -323,14 +326,16 @@ class Engine:
         b = [self.params[3 * l + 2].unsqueeze(-1) for l in range(L)]
         if self.kind == "lstm":  # 2 pre_g, exactly, from doubled g rows
             torch.mul(st.W_hh, self._g_doubled, out=st.W_hh_fwd)
-            W_ih, b = [w * self._g_doubled for w in W_ih], [v * self._g_doubled for v in b]
-        elif self.activation == "tanh":  # 2 pre, exactly
-            W_ih[0], b[0] = W_ih[0] * self._two, b[0] * self._two
+            doubled = torch._foreach_mul(W_ih + b, [self._g_doubled] * (2 * L))
+            W_ih, b = doubled[:L], doubled[L:]
+        elif self.activation == "tanh":  # 2 pre, exactly (W_hh's part: in _Stack.forward)
+            doubled = torch._foreach_mul(W_ih + b, self._two)
+            W_ih, b = doubled[:L], doubled[L:]
         self.x_in = inp = x.reshape(K, x.shape[1], T * B)
         if inp.shape[1] == 1:  # an outer product, straight into (T, K, G, B): bmm with an inner size of 1 is slow
             torch.addcmul(b[0].unsqueeze(0), W_ih[0].unsqueeze(0), x.permute(2, 0, 1, 3), out=self._XW0)
         else:
-            self._XW0.copy_(torch.baddbmm(b[0], W_ih[0], inp).view(K, -1, T, B).permute(2, 0, 1, 3))
+            self._XW0.copy_(torch.baddbmm(b[0], W_ih[0], inp).view(K, -1, T, B).permute(2, 0, 1, 3))  # -> (T, K, G, B)
         st.forward(W_ih, b)
         W_o, b_o = self.params[-2:]
         torch.baddbmm(b_o.unsqueeze(-1), W_o, st.seq[-1], out=self.preds.view(K, -1, T * B))
