@@ -150,33 +150,53 @@ def measure_models(rounds: int, steps: int) -> dict:
 SEEDS = 16
 
 
-def matmul_floor(config, copies: int, calls: int = 200) -> float:
-    """Seconds per engine step of ``copies`` copies spent in the step's matrix products alone, each one
-    bmm over contiguous buffers (the fastest form torch has), summed over the step: per timestep and
-    recurrent matrix (W_hh of every layer, W_ih of the layers above the first) one product forward and
-    one backward, and per matrix one for its gradient over all timesteps; the head's two. Every step
-    of the engine does at least these, so ``SEEDS`` x (one-copy step) / floor is the most that training
-    the seeds together could gain over one by one on this machine, whatever the elementwise code."""
-    K, H, T, B = copies, config.model.hidden_size, config.task.seq_len, config.train.batch_size
+def matmul_floor(config, copies: int, calls: int = 100) -> float:
+    """Seconds per engine step of ``copies`` copies spent in its matrix products alone: the products the engine's
+    step makes (``_Stack.forward``, ``_Stack.backward``, ``Engine._backward``: wave by wave, a wave's recurrent
+    product one bmm over its active layers), each timed as one bmm over contiguous buffers. The step's other work
+    (elementwise, Adam, Python) comes on top, so ``copies`` x (one-copy step) / floor bounds what training the
+    copies together can gain over one by one with this engine."""
+    task = data.TASKS[config.task.name]
+    K, L, H = copies, config.model.num_layers, config.model.hidden_size
+    T, B, I, O = config.task.seq_len, config.train.batch_size, task.input_size, task.output_dim
     G = 4 * H if config.model.type == "lstm" else H
-    O = 1
+    seconds: dict[tuple[int, int, int, int], float] = {}
 
-    def per_call(a: torch.Tensor, b: torch.Tensor) -> float:
-        out = torch.empty(a.shape[0], a.shape[1], b.shape[2])
-        for _ in range(10):
-            torch.bmm(a, b, out=out)
-        start = time.perf_counter()
-        for _ in range(calls):
-            torch.bmm(a, b, out=out)
-        return (time.perf_counter() - start) / calls
+    def bmm(batch: int, rows: int, inner: int, columns: int) -> float:
+        """Seconds of one (batch, rows, inner) x (batch, inner, columns) bmm."""
+        shape = (batch, rows, inner, columns)
+        if shape not in seconds:
+            a, b = torch.randn(batch, rows, inner), torch.randn(batch, inner, columns)
+            out = torch.empty(batch, rows, columns)
+            for _ in range(10):
+                torch.bmm(a, b, out=out)
+            start = time.perf_counter()
+            for _ in range(calls):
+                torch.bmm(a, b, out=out)
+            seconds[shape] = (time.perf_counter() - start) / calls
+        return seconds[shape]
 
-    r = torch.randn
-    matrices = 2 * config.model.num_layers - 1
-    forward = per_call(r(K, G, H), r(K, H, B))
-    backward = per_call(r(K, H, G), r(K, G, B))
-    gradient = per_call(r(K, G, T * B), r(K, T * B, H))
-    head = per_call(r(K, O, H), r(K, H, T * B)) + per_call(r(K, O, T * B), r(K, T * B, H))
-    return matrices * (T * (forward + backward) + gradient) + head
+    waves = T + L - 1
+    total = 0.0
+    for w in range(waves):
+        lo, hi = max(0, w - T + 1), min(L - 1, w)  # the layers active at wave w
+        active = hi - lo + 1
+        total += sum(bmm(K, G, H, B) for _ in range(max(lo, 1), hi + 1))  # upper layers' input part
+        if w > 0:  # layer 0's first step has no recurrent product (h_{-1} = 0)
+            total += bmm(active * K, G, H, B)
+        if w < waves - 1:  # dLoss/dh from the next step (the top layer's last step has none)
+            total += bmm(active * K, H, G, B)
+        total += sum(bmm(K, H, G, B) for _ in range(lo, min(hi, L - 2) + 1))  # dLoss/dh from the layer above
+    for layer in range(L):
+        total += bmm(K, G, (T - 1) * B, H)  # dW_hh
+        if layer > 0 or I > 1:  # dW_ih (layer 0's, with one input, is an elementwise product and a sum)
+            total += bmm(K, G, T * B, H if layer else I)
+    if I > 1:  # layer 0's input part (with one input, an elementwise product)
+        total += bmm(K, G, I, T * B)
+    total += bmm(K, O, H, T * B) + bmm(K, O, T * B, H)  # the head's output and dW_o
+    if O > 1:  # dLoss/dh from the head (with one output, an elementwise product)
+        total += bmm(K, H, O, T * B)
+    return total
 
 
 def measure_seeds(rounds: int, steps: int) -> dict:
@@ -190,16 +210,18 @@ def measure_seeds(rounds: int, steps: int) -> dict:
         for run in runners.values():
             run(5)
         samples = {name: [] for name in runners}
+        floor_ms = []
         for _ in range(rounds):
             for name, run in runners.items():
                 n = max(1, steps * 4 // SEEDS) if name == "together" else steps  # 4 x steps optimizer steps
                 samples[name].append(_steps_per_s(run, n) * per_call[name])
+            floor_ms.append(matmul_floor(config, SEEDS) * 1e3)
         out[label] = row = {name: _stats(v) for name, v in samples.items()}
-        row["matmul_floor_ms"] = matmul_floor(config, SEEDS) * 1e3
-        row["ceiling"] = SEEDS / row["rnnexp"]["median"] / (row["matmul_floor_ms"] / 1e3)
+        row["matmul_floor_ms"] = _stats(floor_ms)
+        row["ceiling"] = SEEDS / row["rnnexp"]["median"] / (row["matmul_floor_ms"]["median"] / 1e3)
         print(f"  {label:13s} {SEEDS} together {row['together']['median']:7.0f} run-steps/s, one by one: rnnexp "
               f"{row['rnnexp']['median']:6.0f}/s, torch {row['torch']['median']:6.0f}/s; matrix products alone "
-              f"{row['matmul_floor_ms']:.2f} ms per {SEEDS}-copy step", flush=True)
+              f"{row['matmul_floor_ms']['median']:.2f} ms per {SEEDS}-copy step", flush=True)
     return out
 
 
