@@ -148,6 +148,9 @@ def claim_run_dir(run_dir: Path) -> Path:
         if status in FINISHED:
             raise UserError(f"--run-dir {run_dir}: {partial} holds a {status} run not yet moved into place: "
                             f"rename it to {run_dir.name} or delete it")
+        if "status" not in meta and any(partial.iterdir()):
+            raise UserError(f"--run-dir {run_dir}: {partial} exists and is not a run (no {META} with a status); "
+                            "move or delete it")
         shutil.rmtree(partial)  # an attempt that did not finish: start the point afresh
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)

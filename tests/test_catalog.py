@@ -99,6 +99,18 @@ def test_run_dir_replaces_an_unfinished_attempt_but_not_a_live_one(library, tmp_
     assert (target / "metrics.csv").read_text() == (library / _point("1e-3", 0) / "metrics.csv").read_text()
 
 
+def test_run_dir_never_deletes_a_partial_folder_that_is_not_a_run(tmp_path):
+    partial = tmp_path / "point.partial"
+    (partial / "sub").mkdir(parents=True)
+    (partial / "sub" / "thesis.tex").write_text("months of work")
+    result = runner.invoke(app, ["train", "-q", "--run-dir", str(tmp_path / "point"), *TINY])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"error: --run-dir {tmp_path / 'point'}: {partial} exists and is not a run "
+                                     "(no meta.json with a status); move or delete it")
+    assert (partial / "sub" / "thesis.tex").read_text() == "months of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["point.partial"]
+
+
 def test_run_dir_with_runs_dir_is_a_user_error(tmp_path):
     result = runner.invoke(app, ["train", "-q", "--run-dir", str(tmp_path / "a"), "--runs-dir", str(tmp_path / "b")])
     assert result.exit_code == 2 and "give one of them" in result.stderr
