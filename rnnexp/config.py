@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -25,6 +26,9 @@ TARGETS = ("all", "last")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+MAX_SEED = 2**63 - 1  # seeds are hashed (data.derive_seed), so any would do: this keeps them 64-bit integers
+
+
 class UserError(Exception):
     """A mistake the user can fix, worded for one line of output (exit code 2, no traceback)."""
 
@@ -36,8 +40,8 @@ class ConfigError(UserError):
 @dataclass(frozen=True)
 class ModelConfig:
     type: str = field(default="rnn", metadata={"choices": MODEL_TYPES, "help": "registry name of the recurrent net"})
-    num_layers: int = field(default=1, metadata={"min": 1, "help": "stacked recurrent layers"})
-    hidden_size: int = field(default=32, metadata={"min": 1, "help": "hidden state size of every layer"})
+    num_layers: int = field(default=1, metadata={"min": 1, "max": 64, "help": "stacked recurrent layers"})
+    hidden_size: int = field(default=32, metadata={"min": 1, "max": 4096, "help": "hidden state size of every layer"})
     nonlinearity: str = field(default="tanh", metadata={"choices": NONLINEARITIES,
                                                          "help": "RNN activation (ignored by lstm)"})
 
@@ -45,15 +49,16 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TaskConfig:
     name: str = field(default="running_mean", metadata={"choices": TASKS, "help": "synthetic task"})
-    seq_len: int = field(default=10, metadata={"min": 1, "help": "timesteps per sequence"})
+    seq_len: int = field(default=10, metadata={"min": 1, "max": 100_000, "help": "timesteps per sequence"})
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """The training keys a comparison shares across all its models and target modes."""
-    lr: float = field(default=1e-4, metadata={"min_exclusive": 0.0, "help": "Adam learning rate"})
-    batch_size: int = field(default=32, metadata={"min": 1, "help": "sequences per training batch"})
-    num_batches: int = field(default=5000, metadata={"min": 1, "help": "optimizer steps"})
+    # Adam moves a weight by about lr per step whatever the gradient, so a huge lr makes the weights overflow
+    lr: float = field(default=1e-4, metadata={"min_exclusive": 0.0, "max": 1000.0, "help": "Adam learning rate"})
+    batch_size: int = field(default=32, metadata={"min": 1, "max": 100_000, "help": "sequences per training batch"})
+    num_batches: int = field(default=5000, metadata={"min": 1, "max": 100_000_000, "help": "optimizer steps"})
     clip_grad_norm: float | None = field(default=None, metadata={"min_exclusive": 0.0,
                                                                  "help": "clip the global gradient norm (null: off)"})
 
@@ -66,7 +71,8 @@ class TrainConfig(TrainSettings):
 
 @dataclass(frozen=True)
 class EvalConfig:
-    num_sequences: int = field(default=1000, metadata={"min": 1, "help": "held-out sequences for eval_mse"})
+    num_sequences: int = field(default=1000, metadata={"min": 1, "max": 1_000_000,
+                                                        "help": "held-out sequences for eval_mse"})
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,8 @@ class Config:
     name: str = field(default="run", metadata={"pattern": r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
                                                "pattern_help": "1-64 letters, digits, '.', '_' or '-'",
                                                "help": "run name, the suffix of the run folder"})
-    seed: int = field(default=0, metadata={"min": 0, "help": "the one seed every random draw derives from"})
+    seed: int = field(default=0, metadata={"min": 0, "max": MAX_SEED,
+                                               "help": "the one seed every random draw derives from"})
     device: str = field(default="auto", metadata={"choices": DEVICES, "help": "auto picks cuda when present"})
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -105,7 +112,8 @@ class ModelEntry(ModelConfig):
 @dataclass(frozen=True)
 class CompareConfig:
     name: str = field(default="compare", metadata={**LABEL, "help": "run name, the suffix of the run folder"})
-    seed: int = field(default=0, metadata={"min": 0, "help": "the one seed every random draw derives from"})
+    seed: int = field(default=0, metadata={"min": 0, "max": MAX_SEED,
+                                               "help": "the one seed every random draw derives from"})
     seeds: int = field(default=1, metadata={"min": 1, "max": MAX_SEEDS, "help": "trainings per model and target, with seeds seed, "
                                                               "seed+1, ...; a model's share one engine"})
     device: str = field(default="auto", metadata={"choices": DEVICES, "help": "auto picks cuda when present"})
@@ -147,7 +155,8 @@ SCALES_HELP = "a number, a comma list (-2,-1,0,1,2) or an inclusive range start:
 class GradScanConfig:
     """``rnnexp gradscan``: one freshly initialised model, its recurrent layers scaled by every (weight, bias) pair."""
     name: str = field(default="gradscan", metadata={**LABEL, "help": "run name, the suffix of the run folder"})
-    seed: int = field(default=0, metadata={"min": 0, "help": "seeds the initial weights and the sequence"})
+    seed: int = field(default=0, metadata={"min": 0, "max": MAX_SEED,
+                                               "help": "seeds the initial weights and the sequence"})
     model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden_size=16))
     task: TaskConfig = field(default_factory=TaskConfig)
     target: str = field(default="last", metadata={"choices": TARGETS,
@@ -240,13 +249,13 @@ def _coerce(f: dataclasses.Field, hint: Any, value: Any, where: str) -> Any:
         raise bad
     if isinstance(value, str):
         try:  # PyYAML reads 1e-4 (no dot) as a string; such values are the numbers they mean.
-            value = float(value.strip())
+            value = int(value) if base is int and re.fullmatch(r"\s*[+-]?\d+\s*", value) else float(value.strip())
         except ValueError:
             raise bad from None
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise bad
     if base is int:
-        if float(value) != int(value):
+        if isinstance(value, float) and not value.is_integer():  # an int stays exact, however large
             raise bad
         value = int(value)
     else:
@@ -266,13 +275,16 @@ def _allowed(f: dataclasses.Field, base: type) -> str:
     if "pattern" in f.metadata:
         return "expected " + f.metadata["pattern_help"]
     kind = {int: "an integer", float: "a number", str: "a string"}[base]
+    null = " or null" if f.default is None else ""
     if "min" in f.metadata and "max" in f.metadata:
-        return f"expected {kind} from {f.metadata['min']} to {f.metadata['max']}"
+        return f"expected {kind} from {f.metadata['min']} to {f.metadata['max']}{null}"
+    if "min_exclusive" in f.metadata and "max" in f.metadata:
+        return f"expected {kind} > {f.metadata['min_exclusive']:g} and <= {f.metadata['max']:g}{null}"
     if "min" in f.metadata:
-        return f"expected {kind} >= {f.metadata['min']}"
+        return f"expected {kind} >= {f.metadata['min']}{null}"
     if "min_exclusive" in f.metadata:
-        return f"expected {kind} > {f.metadata['min_exclusive']:g}" + (" or null" if f.default is None else "")
-    return f"expected {kind}"
+        return f"expected {kind} > {f.metadata['min_exclusive']:g}{null}"
+    return f"expected {kind}{null}"
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -419,9 +431,47 @@ def config_from_dict(raw: dict, source: str = "config", cls: type = Config) -> A
             repeated = sorted({label for label in labels if labels.count(label) > 1})
             if repeated:
                 raise ConfigError(f"models: label {repeated[0]!r} is used twice; give each model its own label")
+            for i, m in enumerate(config.models):
+                _check_memory(m, config, len(config.targets) * config.seeds, f"models.{i}.")
+        elif cls is Config:
+            _check_memory(config.model, config, 1, "model.")
         return config
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+def training_bytes(model: ModelConfig, seq_len: int, batch_size: int, eval_sequences: int, copies: int) -> int:
+    """About the memory a training of ``copies`` copies needs at its peak: the engine's buffers (every layer's
+    states, pre-activations and their gradients at every wave, seq_len + num_layers - 1 waves; rnnexp/engine.py)
+    or the evaluation of the held-out sequences (all at once, every layer's states kept), whichever is larger."""
+    L, H = model.num_layers, model.hidden_size
+    lstm = model.type == "lstm"
+    per_step = (29 if lstm else 6) * H  # floats per (wave, layer, copy, sequence)
+    engine = (seq_len + L - 1) * L * copies * batch_size * per_step
+    evaluation = eval_sequences * seq_len * L * ((4 if lstm else 2) * H + 2 * H)
+    return 4 * max(engine, evaluation)
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this system
+        return None
+
+
+def _check_memory(model: ModelConfig, config: Any, copies: int, prefix: str) -> None:
+    """A ConfigError naming the size keys when a training would need more than half the machine's memory
+    (it would otherwise die, or ignore Ctrl-C while torch allocates, long before it says so)."""
+    memory = _physical_memory()
+    need = training_bytes(model, config.task.seq_len, config.train.batch_size, config.eval.num_sequences, copies)
+    if memory is None or need <= memory / 2:
+        return
+    together = f" (x {copies} trainings together: targets x seeds)" if copies > 1 else ""
+    raise ConfigError(
+        f"{prefix}num_layers={model.num_layers}, {prefix}hidden_size={model.hidden_size}, task.seq_len="
+        f"{config.task.seq_len}, train.batch_size={config.train.batch_size}, eval.num_sequences="
+        f"{config.eval.num_sequences}{together}: a training would need about {need / 2**30:.1f} GiB, more than half "
+        f"of this machine's {memory / 2**30:.1f} GiB; lower some of them")
 
 
 def load_config(path: Path | None, overrides: list[str] = (), cls: type = Config) -> Any:

@@ -46,15 +46,15 @@ def test_overrides_last_one_wins_and_strings_are_numbers(tmp_path):
 
 BAD = [
     # (file text, overrides, message)
-    ("model:\n  hidden_size: 0\n", [], "c.yaml: model.hidden_size = 0: expected an integer >= 1"),
-    ("model:\n  hidden_size: abc\n", [], "c.yaml: model.hidden_size = 'abc': expected an integer >= 1"),
-    ("model:\n  num_layers: 1.5\n", [], "c.yaml: model.num_layers = 1.5: expected an integer >= 1"),
-    ("train:\n  batch_size: [1, 2]\n", [], "c.yaml: train.batch_size = [1, 2]: expected an integer >= 1"),
-    ("train:\n  lr: -1\n", [], "c.yaml: train.lr = -1: expected a number > 0"),
-    ("train:\n  lr: 0\n", [], "c.yaml: train.lr = 0: expected a number > 0"),
+    ("model:\n  hidden_size: 0\n", [], "c.yaml: model.hidden_size = 0: expected an integer from 1 to 4096"),
+    ("model:\n  hidden_size: abc\n", [], "c.yaml: model.hidden_size = 'abc': expected an integer from 1 to 4096"),
+    ("model:\n  num_layers: 1.5\n", [], "c.yaml: model.num_layers = 1.5: expected an integer from 1 to 64"),
+    ("train:\n  batch_size: [1, 2]\n", [], "c.yaml: train.batch_size = [1, 2]: expected an integer from 1 to 100000"),
+    ("train:\n  lr: -1\n", [], "c.yaml: train.lr = -1: expected a number > 0 and <= 1000"),
+    ("train:\n  lr: 0\n", [], "c.yaml: train.lr = 0: expected a number > 0 and <= 1000"),
     ("train:\n  clip_grad_norm: 0\n", [], "c.yaml: train.clip_grad_norm = 0: expected a number > 0 or null"),
-    ("train:\n  num_batches: 0\n", [], "c.yaml: train.num_batches = 0: expected an integer >= 1"),
-    ("task:\n  seq_len: 0\n", [], "c.yaml: task.seq_len = 0: expected an integer >= 1"),
+    ("train:\n  num_batches: 0\n", [], "c.yaml: train.num_batches = 0: expected an integer from 1 to 100000000"),
+    ("task:\n  seq_len: 0\n", [], "c.yaml: task.seq_len = 0: expected an integer from 1 to 100000"),
     ("model:\n  type: gru\n", [], "c.yaml: model.type = 'gru': expected one of rnn, lstm"),
     ("model:\n  nonlinearity: sigmoid\n", [], "c.yaml: model.nonlinearity = 'sigmoid': expected one of tanh, relu, identity"),
     ("task:\n  name: copy\n", [], "c.yaml: task.name = 'copy': expected one of running_mean"),
@@ -71,10 +71,17 @@ BAD = [
     ("", ["train.lr"], "c.yaml: override 'train.lr': expected key=value"),
     ("", ["=3"], "c.yaml: override '=3': expected key=value"),
     ("", ["nosuch.key=1"], "c.yaml (with overrides): nosuch: unknown key"),
-    ("", ["train.lr=fast"], "c.yaml (with overrides): train.lr = 'fast': expected a number > 0"),
-    ("", ["seed=-1"], "c.yaml (with overrides): seed = -1: expected an integer >= 0"),
+    ("", ["train.lr=fast"], "c.yaml (with overrides): train.lr = 'fast': expected a number > 0 and <= 1000"),
+    ("", ["seed=-1"], "c.yaml (with overrides): seed = -1: expected an integer from 0 to 9223372036854775807"),
     ("log:\n  grad_every: 2.5\n", [], "c.yaml: log.grad_every = 2.5: expected an integer >= 1"),
     ("targets: [all]\n", [], "c.yaml: targets: unknown key (this is a compare config: run it with rnnexp compare)"),
+    ("", ["train.lr=1e308"], "c.yaml (with overrides): train.lr = '1e308': expected a number > 0 and <= 1000"),
+    ("", ["model.num_layers=1000"], "c.yaml (with overrides): model.num_layers = 1000: expected an integer from 1 to 64"),
+    ("", ["seed=18446744073709551616"],
+     "c.yaml (with overrides): seed = 18446744073709551616: expected an integer from 0 to 9223372036854775807"),
+    ("", ["model.num_layers=64", "task.seq_len=100000"],
+     "c.yaml (with overrides): model.num_layers=64, model.hidden_size=32, task.seq_len=100000, train.batch_size=32, "
+     "eval.num_sequences=1000: a training would need about"),
 ]
 
 
@@ -86,6 +93,21 @@ def test_bad_config_one_line_error(tmp_path, text, overrides, message):
         load_config(path, overrides)
     assert str(info.value).startswith(str(tmp_path / message.split(":", 1)[0]) + ":" + message.split(":", 1)[1])
     assert "\n" not in str(info.value)
+
+
+def test_integers_stay_exact_however_large():
+    assert load_config(None, ["seed=9007199254740993"]).seed == 9007199254740993  # 2**53 + 1: no float in between
+    assert load_config(None, ["seed=3.0", "train.num_batches=1e3"]).train.num_batches == 1000
+
+
+def test_a_comparison_counts_its_trainings_together_in_the_memory_check():
+    overrides = ["task.seq_len=100000", "seeds=256"]  # 2 targets x 256 seeds of each model in one engine
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides, cls=CompareConfig)
+    assert str(info.value).startswith("defaults (with overrides): models.0.num_layers=1, models.0.hidden_size=32, "
+                                      "task.seq_len=100000, train.batch_size=32, eval.num_sequences=1000 (x 512 "
+                                      "trainings together: targets x seeds): a training would need about")
+    load_config(None, ["task.seq_len=1000", "seeds=2"], cls=CompareConfig)  # 4 trainings per model: fine
 
 
 def test_missing_and_unreadable_files(tmp_path):

@@ -128,7 +128,7 @@ BAD_SCALES = [
     (["-w", "-5:5:0.05", "-b", "-5:5:0.05", "--seq-len", "100"], "40401 settings x 1 layer(s) x seq_len 100"),
     (["--model", "gru"], "model.type = 'gru': expected one of rnn, lstm"),
     (["--nonlinearity", "sigmoid"], "model.nonlinearity = 'sigmoid': expected one of tanh, relu, identity"),
-    (["--hidden-size", "0"], "model.hidden_size = 0: expected an integer >= 1"),
+    (["--hidden-size", "0"], "model.hidden_size = 0: expected an integer from 1 to 4096"),
     (["--target", "first"], "target = 'first': expected one of all, last"),
     (["--config", "missing.yaml"], "missing.yaml: config file not found"),
 ]

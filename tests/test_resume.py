@@ -153,7 +153,7 @@ def test_a_signal_stops_the_run_cleanly_with_results_and_checkpoint(tmp_path, si
 
 def test_divergence_keeps_everything_up_to_that_step(tmp_path):
     overrides = ["model.hidden_size=6", "eval.num_sequences=16", "model.nonlinearity=identity", "task.seq_len=50",
-                 "train.lr=1e30", "train.num_batches=50"]
+                 "train.lr=1000", "train.num_batches=50"]
     result = runner.invoke(app, ["train", "--runs-dir", str(tmp_path / "runs"), "--quiet", *overrides])
     assert result.exit_code == 1
     run_dir = Path(result.stdout.strip().splitlines()[-1])
