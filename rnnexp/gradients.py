@@ -135,8 +135,13 @@ def _flow_chunk(model, layers, base: dict[str, torch.Tensor], x, y, target: str,
         scaled = vmap(lambda w, b: scale_recurrent(base, w, b))(weight_scales.detach(), bias_scales.detach())
         w_hh = torch.stack([scaled[f"{RECURRENT_PREFIX}layers.{k}.mixed_w.weight"][:, :, layer.input_size:]
                             for k, layer in enumerate(layers)], dim=1)
-        out["spectral_radius"] = torch.linalg.eigvals(w_hh).abs().amax(dim=-1).cpu().numpy().astype(np.float64)
-        out["sigma_max"] = torch.linalg.svdvals(w_hh)[..., 0].cpu().numpy().astype(np.float64)
+        # LAPACK crashes the process on a matrix with inf or nan (a weight overflowed): those get nan
+        finite = torch.isfinite(w_hh).all(dim=-1).all(dim=-1)
+        w_hh = torch.where(finite[..., None, None], w_hh, torch.zeros_like(w_hh))
+        nan = torch.tensor(float("nan"), dtype=w_hh.dtype, device=w_hh.device)
+        radius = torch.where(finite, torch.linalg.eigvals(w_hh).abs().amax(dim=-1), nan)
+        out["spectral_radius"] = radius.cpu().numpy().astype(np.float64)
+        out["sigma_max"] = torch.where(finite, torch.linalg.svdvals(w_hh)[..., 0], nan).cpu().numpy().astype(np.float64)
     return out
 
 

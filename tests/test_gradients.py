@@ -146,6 +146,16 @@ def test_overflow_is_reported_not_hidden():
     assert not np.isfinite(flow.hidden_norm[0, 0, -1]) and not np.isfinite(flow.grad_norm[0, 0]).all()
 
 
+def test_a_weight_that_overflowed_gives_nan_spectra_not_a_crash():
+    """LAPACK crashes the process on a matrix holding inf (seen with a huge learning rate): such a layer gets nan."""
+    model, x, y = _setup(nonlinearity="tanh", seq_len=5, hidden_size=8, num_layers=2)
+    with torch.no_grad():
+        model.recurrent_net.layers[1].mixed_w.weight[:, 8:] = float("inf")  # layer 1's W_hh
+    flow = gradients.grad_flow(model, x, y, "all")
+    assert np.isfinite(flow.spectral_radius[0, 0]) and np.isfinite(flow.sigma_max[0, 0])
+    assert np.isnan(flow.spectral_radius[0, 1]) and np.isnan(flow.sigma_max[0, 1])
+
+
 def test_grad_norm_exact_zero_huge_and_nonfinite():
     g = torch.tensor([[[0.0, 0.0]], [[1e200, 1e200]], [[3.0, 4.0]], [[float("inf"), 1.0]], [[float("nan"), 1.0]]],
                      dtype=F64)
