@@ -196,7 +196,8 @@ def read_run(folder: Path, root: Path) -> RunRecord:
     config = _read_mapping(folder / runs.CONFIG, json=False)
     summary_path = folder / runs.SUMMARY
     if summary_path.exists():
-        summary = _read_mapping(summary_path, json=True)
+        # a comparison's summary is a list of its trainings, which are its sub-folders (none if it stopped first)
+        summary = {} if "models" in config else _read_mapping(summary_path, json=True)
     elif status in runs.FINISHED and (folder / runs.METRICS).exists():
         raise _Damaged(f"a {status} training without {runs.SUMMARY}")
     else:
@@ -251,15 +252,20 @@ def _text_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def plot_sweep(sweep: Sweep, path: Path, title: str) -> Path:
-    """Write the sweep's figure (eval MSE against ``sweep.x`` per group) to ``path``, atomically."""
-    from . import plots  # matplotlib only for the command that draws
-
+def check_plot_path(path: Path) -> None:
+    """A UserError unless ``path`` is a PNG file name in an existing folder."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UserError(f"--plot {path}: expected a file name ending in .png")
     if not path.parent.is_dir():
         raise UserError(f"--plot {path}: folder {path.parent} does not exist")
+
+
+def plot_sweep(sweep: Sweep, path: Path, title: str) -> Path:
+    """Write the sweep's figure (eval MSE against ``sweep.x`` per group) to ``path``, atomically."""
+    from . import plots  # matplotlib only for the command that draws
+
+    check_plot_path(path)
     groups: dict[str, list[tuple[float, float, list[float]]]] = {}
     for p in sweep.points:
         groups.setdefault(p.group, []).append((p.x, p.mean, list(p.values)))

@@ -356,12 +356,14 @@ def list_runs(
     debug: DebugOpt = False,
 ) -> None:
     """List every run under FOLDER: status, the hyperparameters that differ, losses, wall time."""
-    from .catalog import find_runs, plot_sweep
+    from .catalog import check_plot_path, find_runs, plot_sweep
 
     if as_csv and as_json:
         raise UserError("--csv and --json: give one of them")
     if plot is not None and (as_csv or as_json):
         raise UserError("--plot prints the sweep table and the plot's path: leave out --csv / --json")
+    if plot is not None:
+        check_plot_path(plot)
     catalog = find_runs(folder)
     columns, rows = catalog.columns(), catalog.rows(sort, reverse)
     sweep = catalog.sweep(x) if plot is not None else None
@@ -397,7 +399,7 @@ def list_runs(
         best[p.group] = min(best.get(p.group, p.mean), p.mean)
     for p in sweep.points:
         mark = " *" if p.mean == best[p.group] else ""
-        table.add_row(p.group, format(p.x, "g"), str(p.n), _fmt(p.mean) + mark, _fmt(p.std), _fmt(min(p.values)),
+        table.add_row(p.group, format(p.x, "g"), str(p.n), _fmt(p.mean) + mark, _fmt(p.std) if p.n > 1 else "-", _fmt(min(p.values)),
                       _fmt(max(p.values)), style="bold" if mark else None)
     _print_wide(table)
     out.print(f"* lowest mean per model; {len(sweep.left_out)} runs without an eval MSE left out", markup=False)
@@ -416,6 +418,8 @@ def _print_wide(table: Table) -> None:
 def _cell(column: str, value) -> str:
     if isinstance(value, float):
         return _fmt(value, ".1f" if column == "wall_s" else ".4g")
+    if isinstance(value, list) and len(value) > 4:  # a scan's scales: its range, not 41 numbers
+        return f"{_cell(column, value[0])} .. {_cell(column, value[-1])} ({len(value)})"
     return "-" if value is None else str(value)
 
 

@@ -216,6 +216,18 @@ def test_the_trainings_of_a_compare_folder_are_listed_not_the_folder(sweep):
         ["cmp/rnn_all", _point("1e-3", 1), _point("1e-2", 0), _point("1e-2", 1)])
 
 
+def test_a_compare_folder_stopped_before_any_training_is_listed_as_itself(sweep):
+    group = sweep / "cmp"
+    group.mkdir()
+    (group / "meta.json").write_text(json.dumps({"status": "interrupted", "wall_s": 1.5}))
+    (group / "config.yaml").write_text("name: compare\nmodels: [{type: rnn}]\n")
+    (group / "summary.json").write_text(json.dumps([{"label": "rnn_1_layer", "status": "not started"}]))
+    result = _runs(sweep, "--json")
+    assert result.exit_code == 0 and result.stderr == ""
+    row = next(r for r in json.loads(result.stdout) if r["folder"] == "cmp")
+    assert (row["status"], row["name"], row["eval_mse"], row["wall_s"]) == ("interrupted", "compare", None, 1.5)
+
+
 def test_plot_writes_the_png_and_prints_mean_and_spread(sweep, tmp_path):
     png = tmp_path / "sweep.png"
     result = _runs(sweep, "--plot", png)
@@ -255,7 +267,16 @@ def test_bad_runs_options(sweep, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     result = _runs(sweep, *args)
     assert result.exit_code == 2 and message in result.stderr, result.stderr
+    if args[0] == "--plot" and "--x" not in args and "--csv" not in args:
+        assert result.stdout == ""  # the path is checked before the table is printed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+
+
+def test_a_scans_scales_show_as_their_range(sweep):
+    scan = runner.invoke(app, ["gradscan", "--runs-dir", str(sweep), "--hidden-size", "4", "-w", "-5:5:0.25"])
+    assert scan.exit_code == 0, scan.output
+    result = _runs(sweep)
+    assert result.exit_code == 0 and "-5 .. 5 (41)" in result.stdout and "-4.75" not in result.stdout
 
 
 def test_missing_folder_is_a_user_error(tmp_path):
