@@ -246,7 +246,8 @@ def _coerce(f: dataclasses.Field, hint: Any, value: Any, where: str) -> Any:
             raise bad
         return value
     if isinstance(value, bool):
-        raise bad
+        raise ConfigError(f"{where} = {_describe(value)}: {_allowed(f, base)} (YAML reads unquoted yes/no/on/off "
+                          "as booleans" + ("; null turns it off)" if f.default is None else ")"))
     if isinstance(value, str):
         try:  # PyYAML reads 1e-4 (no dot) as a string; such values are the numbers they mean.
             value = int(value) if base is int and re.fullmatch(r"\s*[+-]?\d+\s*", value) else float(value.strip())
@@ -335,7 +336,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=3e-4")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
+    except yaml.YAMLError as e:
+        if value.strip()[:1] in "[{":  # meant as a list or mapping: say where it breaks
+            mark = getattr(e, "problem_mark", None)
+            at = f" at column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"override {text!r}: YAML syntax error in the value{at} "
+                              f"({getattr(e, 'problem', None) or 'unbalanced brackets?'})") from None
         parsed = value
     return key.strip().split("."), parsed
 

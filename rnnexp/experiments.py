@@ -410,10 +410,12 @@ def read_resumable(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any],
     run_dir = Path(run_dir)
     where = f"--resume {run_dir}"
     if not run_dir.is_dir():
-        raise UserError(f"{where}: no such run folder")
+        raise UserError(f"{where}: " + ("a file, not a run folder" if run_dir.exists() else "no such run folder"))
     missing = [name for name in (runs.META, runs.CONFIG, runs.RESUME_CHECKPOINT) if not (run_dir / name).is_file()]
     if missing:
-        raise UserError(f"{where}: not a resumable run folder (missing {', '.join(missing)})")
+        subruns = sorted(p.name for p in run_dir.iterdir() if (p / runs.RESUME_CHECKPOINT).is_file())
+        hint = f"; a comparison's trainings resume one by one: {run_dir / subruns[0]}, ..." if subruns else ""
+        raise UserError(f"{where}: not a resumable run folder (missing {', '.join(missing)}){hint}")
     try:
         meta = runs.read_json(run_dir / runs.META)
     except (OSError, ValueError) as e:

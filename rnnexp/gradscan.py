@@ -79,8 +79,8 @@ def _scan_into(run_dir: Path, config: GradScanConfig, meta: dict, started: float
     _write_tables(run_dir, flow)
     _write_figures(run_dir, config, flow)
     wall_s = time.perf_counter() - started
-    meta.update(status="completed", ended=runs.now_iso(), wall_s=round(wall_s, 3), scan_s=round(scan_s, 4),
-                settings=len(weight_scales))
+    meta.update(status="completed", ended=runs.now_iso(), message="", wall_s=round(wall_s, 3),
+                scan_s=round(scan_s, 4), settings=len(weight_scales))
     runs.write_json(run_dir / runs.META, meta)
     return GradScanResult(run_dir, config, flow, scan_s, wall_s)
 

@@ -75,6 +75,8 @@ BAD = [
     ("", ["seed=-1"], "c.yaml (with overrides): seed = -1: expected an integer from 0 to 9223372036854775807"),
     ("log:\n  grad_every: 2.5\n", [], "c.yaml: log.grad_every = 2.5: expected an integer >= 1"),
     ("targets: [all]\n", [], "c.yaml: targets: unknown key (this is a compare config: run it with rnnexp compare)"),
+    ("", ["train.clip_grad_norm=off"], "c.yaml (with overrides): train.clip_grad_norm = false: expected a number > 0 "
+     "or null (YAML reads unquoted yes/no/on/off as booleans; null turns it off)"),
     ("", ["train.lr=1e308"], "c.yaml (with overrides): train.lr = '1e308': expected a number > 0 and <= 1000"),
     ("", ["model.num_layers=1000"], "c.yaml (with overrides): model.num_layers = 1000: expected an integer from 1 to 64"),
     ("", ["seed=18446744073709551616"],
@@ -108,6 +110,13 @@ def test_a_comparison_counts_its_trainings_together_in_the_memory_check():
                                       "task.seq_len=100000, train.batch_size=32, eval.num_sequences=1000 (x 512 "
                                       "trainings together: targets x seeds): a training would need about")
     load_config(None, ["task.seq_len=1000", "seeds=2"], cls=CompareConfig)  # 4 trainings per model: fine
+
+
+def test_an_override_meant_as_a_list_with_a_yaml_error_says_so():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["models=[{type: rnn"], cls=CompareConfig)
+    assert str(info.value) == ("defaults: override 'models=[{type: rnn': YAML syntax error in the value at column 12 "
+                               "(expected ',' or '}', but got '<stream end>')")
 
 
 def test_missing_and_unreadable_files(tmp_path):

@@ -48,7 +48,8 @@ def test_one_setting_with_the_notebooks_defaults(tmp_path):
     assert float(scan["log10_ratio"]) == pytest.approx(np.log10(float(scan["grad_norm_first"]) /
                                                                 float(scan["grad_norm_last"])))
     assert "||dL/dh_t||" in result.stdout and "rho(W_hh)" in result.stdout
-    assert json.loads((run_dir / "meta.json").read_text())["status"] == "completed"
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert (meta["status"], meta["message"], meta["settings"]) == ("completed", "", 1) and meta["scan_s"] > 0
     inputs = torch.load(run_dir / "inputs.pt", weights_only=True)
     assert inputs["x"].shape == inputs["y"].shape == (1, 10, 1)
 

@@ -201,6 +201,11 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path):
     for name in ("meta.json", "config.yaml"):
         (foreign / name).write_bytes((done / name).read_bytes())
     torch.save({"weights": torch.zeros(3)}, foreign / "checkpoint.pt")
+    group = tmp_path / "group"  # a compare folder: its trainings are its sub-folders
+    (group / "rnn_1_layer_all").mkdir(parents=True)
+    for name in ("meta.json", "config.yaml"):
+        (group / name).write_bytes((done / name).read_bytes())
+    (group / "rnn_1_layer_all" / "checkpoint.pt").write_bytes((done / "checkpoint.pt").read_bytes())
     live = tmp_path / "live"
     live.mkdir()
     for name in ("config.yaml", "checkpoint.pt"):
@@ -208,6 +213,9 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path):
     (live / "meta.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "host": os.uname().nodename}))
     cases = [
         ([str(tmp_path / "nope")], "no such run folder"),
+        ([str(done / "config.yaml")], "a file, not a run folder"),
+        ([str(group)], f"not a resumable run folder (missing checkpoint.pt); a comparison's trainings resume one by "
+                       f"one: {group / 'rnn_1_layer_all'}, ..."),
         ([str(tmp_path)], "not a resumable run folder (missing meta.json, config.yaml, checkpoint.pt)"),
         ([str(done), "model.hidden_size=7"], "model.hidden_size cannot change when resuming"),
         ([str(done), "train.num_batches=2"], "train.num_batches = 2 is below the 5 steps already taken"),
