@@ -399,7 +399,8 @@ def list_runs(
         best[p.group] = min(best.get(p.group, p.mean), p.mean)
     for p in sweep.points:
         mark = " *" if p.mean == best[p.group] else ""
-        table.add_row(p.group, format(p.x, "g"), str(p.n), _fmt(p.mean) + mark, _fmt(p.std) if p.n > 1 else "-", _fmt(min(p.values)),
+        std = _fmt(p.std) if p.n > 1 else "-"
+        table.add_row(p.group, format(p.x, "g"), str(p.n), _fmt(p.mean) + mark, std, _fmt(min(p.values)),
                       _fmt(max(p.values)), style="bold" if mark else None)
     _print_wide(table)
     out.print(f"* lowest mean per model; {len(sweep.left_out)} runs without an eval MSE left out", markup=False)
