@@ -76,8 +76,9 @@ class RNNLayer(nn.Module):
         w_hh = w[:, self.input_size:]  # (H, H)
         h = x.new_zeros(x.shape[0], self.hidden_size)  # (B, H)
         h_list = []
-        for t in range(x.shape[1]):
-            h = self.nonlinearity(xw[:, t] + F.linear(h, w_hh))  # (B, H)
+        # unbind, not xw[:, t]: under autograd each slice's backward would be a zero tensor of all T steps
+        for xw_t in xw.unbind(1):
+            h = self.nonlinearity(xw_t + F.linear(h, w_hh))  # (B, H)
             h_list.append(h)
         self.h_list = h_list if self.track_hidden else []
         return torch.stack(h_list, dim=1), h
@@ -121,8 +122,8 @@ class LSTMLayer(nn.Module):
         else:
             h, c = hc0
         h_list, c_list = [], []
-        for t in range(x.shape[1]):
-            gates = xw[:, t] + F.linear(h, w_hh)  # (B, 4H)
+        for xw_t in xw.unbind(1):  # as in RNNLayer.forward
+            gates = xw_t + F.linear(h, w_hh)  # (B, 4H)
             f, i, o = torch.sigmoid(gates[:, : 3 * hs]).chunk(3, dim=1)  # (B, H) each
             g = torch.tanh(gates[:, 3 * hs:])  # (B, H)
             c = f * c + i * g
