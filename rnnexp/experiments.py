@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 
 from . import __version__, data, gradients, models, plots, runs
 from .runs import now_iso
@@ -228,8 +229,8 @@ def train_group_into(run_dirs: list[Path], configs: list[Config], device: torch.
     # Written only now, right before training, so that a Ctrl-C that comes earlier leaves
     # empty folders (which the caller removes) and one that comes later interrupted runs.
     for k, t in enumerate(trainings):
+        runs.write_json(t.run_dir / runs.META, t.meta)  # first: a folder with it is recognisably a run
         runs.write_text(t.run_dir / runs.CONFIG, config_to_yaml(t.config))
-        runs.write_json(t.run_dir / runs.META, t.meta)
         _save_checkpoint(t, engine, k)
     return _train_and_finish(trainings, engine, should_stop)
 
@@ -404,6 +405,20 @@ def _fixed_part(raw: dict) -> dict[str, Any]:
     return {k: v for k, v in flatten(raw).items() if k not in RESUMABLE_KEYS}
 
 
+def _subruns_hint(run_dir: Path) -> str:
+    """For a comparison's folder: which of its trainings can be resumed ('' for any other folder)."""
+    try:
+        is_compare = "models" in (yaml.safe_load((run_dir / runs.CONFIG).read_text()) or {})
+    except (OSError, ValueError, yaml.YAMLError, TypeError):
+        return ""
+    unfinished = sorted(p for p in run_dir.iterdir() if (p / runs.RESUME_CHECKPOINT).is_file()
+                        and runs.status_of(p) not in runs.FINISHED) if is_compare else []
+    if not unfinished:
+        return ""
+    return f"; a comparison's trainings resume one by one: {', '.join(map(str, unfinished[:2]))}" + (
+        ", ..." if len(unfinished) > 2 else "")
+
+
 def read_resumable(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any], Config, dict[str, Any]]:
     """meta.json, the config with ``overrides`` applied, and checkpoint.pt of a run that may be resumed;
     a UserError when the folder is not one or the overrides would change the experiment."""
@@ -413,9 +428,7 @@ def read_resumable(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any],
         raise UserError(f"{where}: " + ("a file, not a run folder" if run_dir.exists() else "no such run folder"))
     missing = [name for name in (runs.META, runs.CONFIG, runs.RESUME_CHECKPOINT) if not (run_dir / name).is_file()]
     if missing:
-        subruns = sorted(p.name for p in run_dir.iterdir() if (p / runs.RESUME_CHECKPOINT).is_file())
-        hint = f"; a comparison's trainings resume one by one: {run_dir / subruns[0]}, ..." if subruns else ""
-        raise UserError(f"{where}: not a resumable run folder (missing {', '.join(missing)}){hint}")
+        raise UserError(f"{where}: not a resumable run folder (missing {', '.join(missing)}){_subruns_hint(run_dir)}")
     try:
         meta = runs.read_json(run_dir / runs.META)
     except (OSError, ValueError) as e:

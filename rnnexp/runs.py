@@ -38,6 +38,7 @@ RATIO_PLOT = "ratio.png"
 # A run trained into a fixed folder (``--run-dir``) lives here until it has finished.
 PARTIAL_SUFFIX = ".partial"
 FINISHED = ("completed", "diverged")  # a run in one of these states is a result: never overwritten
+UNFINISHED = ("running", "interrupted", "failed")  # an attempt that may be started afresh
 
 
 _UMASK = os.umask(0)
@@ -131,7 +132,7 @@ def claim_run_dir(run_dir: Path) -> Path:
     """
     run_dir = Path(run_dir)
     if run_dir.exists() or run_dir.is_symlink():
-        status = _status_of(run_dir)
+        status = status_of(run_dir)
         raise UserError(f"--run-dir {run_dir}: already exists{f' (status {status})' if status else ''}; "
                         "a run folder is never overwritten: delete it to run this point again")
     check_runs_dir(run_dir.parent, "--run-dir")
@@ -139,7 +140,7 @@ def claim_run_dir(run_dir: Path) -> Path:
     if partial.exists() and not partial.is_dir():
         raise UserError(f"--run-dir {run_dir}: {partial} is a file, not a folder")
     if partial.is_dir():
-        status = _status_of(partial)
+        status = status_of(partial)
         meta = _read_meta(partial)
         if status == "running" and process_state(meta) != "gone":
             who = f"process {meta.get('pid')} on {meta.get('host')}" if "pid" in meta else "a process of unknown pid"
@@ -148,9 +149,9 @@ def claim_run_dir(run_dir: Path) -> Path:
         if status in FINISHED:
             raise UserError(f"--run-dir {run_dir}: {partial} holds a {status} run not yet moved into place: "
                             f"rename it to {run_dir.name} or delete it")
-        if "status" not in meta and any(partial.iterdir()):
-            raise UserError(f"--run-dir {run_dir}: {partial} exists and is not a run (no {META} with a status); "
-                            "move or delete it")
+        if status not in UNFINISHED and any(partial.iterdir()):
+            raise UserError(f"--run-dir {run_dir}: {partial} exists and is not an unfinished run (its {META} has "
+                            f"no status {', '.join(UNFINISHED)}); move or delete it")
         shutil.rmtree(partial)  # an attempt that did not finish: start the point afresh
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +180,7 @@ def _read_meta(run_dir: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _status_of(run_dir: Path) -> str | None:
+def status_of(run_dir: Path) -> str | None:
     status = _read_meta(run_dir).get("status")
     return status if isinstance(status, str) else None
 

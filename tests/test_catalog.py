@@ -105,8 +105,12 @@ def test_run_dir_never_deletes_a_partial_folder_that_is_not_a_run(tmp_path):
     (partial / "sub" / "thesis.tex").write_text("months of work")
     result = runner.invoke(app, ["train", "-q", "--run-dir", str(tmp_path / "point"), *TINY])
     assert result.exit_code == 2
-    assert result.stderr.strip() == (f"error: --run-dir {tmp_path / 'point'}: {partial} exists and is not a run "
-                                     "(no meta.json with a status); move or delete it")
+    message = (f"error: --run-dir {tmp_path / 'point'}: {partial} exists and is not an unfinished run (its meta.json "
+               "has no status running, interrupted, failed); move or delete it")
+    assert result.stderr.strip() == message
+    (partial / "meta.json").write_text(json.dumps({"status": "draft"}))  # another tool's meta.json
+    result = runner.invoke(app, ["train", "-q", "--run-dir", str(tmp_path / "point"), *TINY])
+    assert result.exit_code == 2 and result.stderr.strip() == message
     assert (partial / "sub" / "thesis.tex").read_text() == "months of work"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["point.partial"]
 

@@ -202,10 +202,12 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path):
         (foreign / name).write_bytes((done / name).read_bytes())
     torch.save({"weights": torch.zeros(3)}, foreign / "checkpoint.pt")
     group = tmp_path / "group"  # a compare folder: its trainings are its sub-folders
-    (group / "rnn_1_layer_all").mkdir(parents=True)
-    for name in ("meta.json", "config.yaml"):
-        (group / name).write_bytes((done / name).read_bytes())
-    (group / "rnn_1_layer_all" / "checkpoint.pt").write_bytes((done / "checkpoint.pt").read_bytes())
+    for sub, status in (("rnn_1_layer_all", "interrupted"), ("rnn_1_layer_last", "completed")):
+        (group / sub).mkdir(parents=True)
+        (group / sub / "checkpoint.pt").write_bytes((done / "checkpoint.pt").read_bytes())
+        (group / sub / "meta.json").write_text(json.dumps({"status": status}))
+    (group / "meta.json").write_text(json.dumps({"status": "interrupted"}))
+    (group / "config.yaml").write_text("name: compare\nmodels: [{type: rnn}]\n")
     live = tmp_path / "live"
     live.mkdir()
     for name in ("config.yaml", "checkpoint.pt"):
@@ -215,11 +217,13 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path):
         ([str(tmp_path / "nope")], "no such run folder"),
         ([str(done / "config.yaml")], "a file, not a run folder"),
         ([str(group)], f"not a resumable run folder (missing checkpoint.pt); a comparison's trainings resume one by "
-                       f"one: {group / 'rnn_1_layer_all'}, ..."),
+                       f"one: {group / 'rnn_1_layer_all'}"),
         ([str(tmp_path)], "not a resumable run folder (missing meta.json, config.yaml, checkpoint.pt)"),
-        ([str(done), "model.hidden_size=7"], "model.hidden_size cannot change when resuming"),
+        ([str(done), "model.hidden_size=7"], "model.hidden_size cannot change when resuming (a resumed run may change "
+                                             "device, train.lr, train.clip_grad_norm, train.num_batches, "
+                                             "log.grad_every); start a new run instead"),
         ([str(done), "train.num_batches=2"], "train.num_batches = 2 is below the 5 steps already taken"),
-        ([str(done), "train.lr=-1"], "train.lr = -1: expected a number > 0"),
+        ([str(done), "train.lr=-1"], "train.lr = -1: expected a number > 0 and <= 1000"),
         ([str(damaged)], "checkpoint.pt cannot be read"),
         ([str(foreign)], "checkpoint.pt is not an rnnexp checkpoint"),
         ([str(live)], f"process {os.getpid()} on {os.uname().nodename} is still training it"),
@@ -230,6 +234,8 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output, (args, result.stderr)
+        if args[0] in (str(tmp_path), str(group)):  # the comparison hint for a comparison's folder only
+            assert lines[0].endswith(message), lines[0]
     assert {p: p.read_bytes() for p in done.iterdir()} == before
     assert (damaged / "checkpoint.pt").read_bytes() == b"not a checkpoint"
 
