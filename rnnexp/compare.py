@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import plots, runs
-from .config import CompareConfig, Config, config_to_yaml
+from .config import CompareConfig, Config, check_compare_memory, config_to_yaml
 from .experiments import TrainResult, ended_by, new_meta, resolve_device, train_group_into, use_one_cpu_thread
 
 SUMMARY_COLUMNS = ["label", "target", "seed", "type", "num_layers", "hidden_size", "num_params", "final_train_loss",
@@ -280,6 +280,7 @@ def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: in
     device = resolve_device(config.device)
     configs = config.train_configs()
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(configs)))
+    check_compare_memory(config, jobs)
     run_dir = runs.create_run_dir(runs_dir, config.name)
     try:
         return _compare_into(run_dir, config, configs, device, argv, jobs, show_progress, should_stop)

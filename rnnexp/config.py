@@ -170,7 +170,7 @@ def load_gradscan_config(path: Path | None, overrides: list[str] = ()) -> GradSc
     raw = config_to_dict(GradScanConfig())
     source = "defaults"
     if path is not None:
-        train = load_config(path)
+        train = load_config(path, check_memory=False)  # only its model and task are used, not its training sizes
         raw.update(name=train.name, seed=train.seed, model=config_to_dict(train.model),
                    task=config_to_dict(train.task), target=train.train.target)
         source = str(path)
@@ -256,8 +256,9 @@ def _coerce(f: dataclasses.Field, hint: Any, value: Any, where: str) -> Any:
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise bad
     if base is int:
-        if isinstance(value, float) and not value.is_integer():  # an int stays exact, however large
-            raise bad
+        if isinstance(value, float) and (not value.is_integer() or abs(value) >= 2**53):  # 2**53 + 1 has no float
+            raise ConfigError(f"{where} = {_describe(value)}: {_allowed(f, base)}" + (
+                " (write it as an integer: as a float it cannot be exact)" if value.is_integer() else ""))
         value = int(value)
     else:
         value = float(value)
@@ -428,8 +429,9 @@ def read_yaml(path: Path) -> dict:
     return raw
 
 
-def config_from_dict(raw: dict, source: str = "config", cls: type = Config) -> Any:
-    """Validate a plain dict into a typed config; errors are prefixed with ``source``."""
+def config_from_dict(raw: dict, source: str = "config", cls: type = Config, check_memory: bool = True) -> Any:
+    """Validate a plain dict into a typed config; errors are prefixed with ``source``. ``check_memory``: refuse a
+    training that would need more than half the machine's memory."""
     try:
         config = _build(cls, raw, "")
         if cls is CompareConfig:
@@ -438,8 +440,9 @@ def config_from_dict(raw: dict, source: str = "config", cls: type = Config) -> A
             if repeated:
                 raise ConfigError(f"models: label {repeated[0]!r} is used twice; give each model its own label")
             for i, m in enumerate(config.models):
-                _check_memory(m, config, len(config.targets) * config.seeds, f"models.{i}.")
-        elif cls is Config:
+                if check_memory:
+                    _check_memory(m, config, len(config.targets) * config.seeds, f"models.{i}.")
+        elif cls is Config and check_memory:
             _check_memory(config.model, config, 1, "model.")
         return config
     except ConfigError as e:
@@ -449,13 +452,13 @@ def config_from_dict(raw: dict, source: str = "config", cls: type = Config) -> A
 def training_bytes(model: ModelConfig, seq_len: int, batch_size: int, eval_sequences: int, copies: int) -> int:
     """About the memory a training of ``copies`` copies needs at its peak: the engine's buffers (every layer's
     states, pre-activations and their gradients at every wave, seq_len + num_layers - 1 waves; rnnexp/engine.py)
-    or the evaluation of the held-out sequences (all at once, every layer's states kept), whichever is larger."""
+    and the evaluation of the held-out sequences (all at once, every layer's states kept)."""
     L, H = model.num_layers, model.hidden_size
     lstm = model.type == "lstm"
     per_step = (29 if lstm else 6) * H  # floats per (wave, layer, copy, sequence)
     engine = (seq_len + L - 1) * L * copies * batch_size * per_step
     evaluation = eval_sequences * seq_len * L * ((4 if lstm else 2) * H + 2 * H)
-    return 4 * max(engine, evaluation)
+    return 4 * (engine + evaluation)  # the engine is still alive while the evaluation runs
 
 
 def _physical_memory() -> int | None:
@@ -465,22 +468,41 @@ def _physical_memory() -> int | None:
         return None
 
 
+def _too_much(need: int) -> str | None:
+    """'about N GiB, more than half of this machine's M GiB' when ``need`` bytes are more than half the memory."""
+    memory = _physical_memory()
+    if memory is None or need <= memory / 2:
+        return None
+    return f"about {need / 2**30:.1f} GiB, more than half of this machine's {memory / 2**30:.1f} GiB"
+
+
 def _check_memory(model: ModelConfig, config: Any, copies: int, prefix: str) -> None:
     """A ConfigError naming the size keys when a training would need more than half the machine's memory
     (it would otherwise die, or ignore Ctrl-C while torch allocates, long before it says so)."""
-    memory = _physical_memory()
     need = training_bytes(model, config.task.seq_len, config.train.batch_size, config.eval.num_sequences, copies)
-    if memory is None or need <= memory / 2:
+    too_much = _too_much(need)
+    if too_much is None:
         return
     together = f" (x {copies} trainings together: targets x seeds)" if copies > 1 else ""
     raise ConfigError(
         f"{prefix}num_layers={model.num_layers}, {prefix}hidden_size={model.hidden_size}, task.seq_len="
         f"{config.task.seq_len}, train.batch_size={config.train.batch_size}, eval.num_sequences="
-        f"{config.eval.num_sequences}{together}: a training would need about {need / 2**30:.1f} GiB, more than half "
-        f"of this machine's {memory / 2**30:.1f} GiB; lower some of them")
+        f"{config.eval.num_sequences}{together}: a training would need {too_much}; lower some of them")
 
 
-def load_config(path: Path | None, overrides: list[str] = (), cls: type = Config) -> Any:
+def check_compare_memory(config: CompareConfig, jobs: int) -> None:
+    """A ConfigError when the ``jobs`` costliest models of a comparison, trained at the same time, would need more
+    than half the machine's memory (each model alone is checked when the config is read)."""
+    copies = len(config.targets) * config.seeds
+    needs = sorted((training_bytes(m, config.task.seq_len, config.train.batch_size, config.eval.num_sequences,
+                                   copies) for m in config.models), reverse=True)[:jobs]
+    too_much = _too_much(sum(needs)) if len(needs) > 1 else None
+    if too_much is not None:
+        raise ConfigError(f"--jobs {jobs}: {len(needs)} models trained at once would need {too_much}; "
+                          "lower --jobs or the sizes")
+
+
+def load_config(path: Path | None, overrides: list[str] = (), cls: type = Config, check_memory: bool = True) -> Any:
     """Read, override and validate a config. ``path`` None means the defaults."""
     raw = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "defaults"
@@ -489,7 +511,7 @@ def load_config(path: Path | None, overrides: list[str] = (), cls: type = Config
         raw = apply_overrides(_merge(config_to_dict(cls()), raw), list(overrides))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    return config_from_dict(raw, source + (" (with overrides)" if overrides else ""), cls)
+    return config_from_dict(raw, source + (" (with overrides)" if overrides else ""), cls, check_memory)
 
 
 def config_to_dict(config: Any) -> dict:

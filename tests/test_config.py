@@ -2,8 +2,11 @@
 from pathlib import Path
 
 import pytest
+import torch
 
-from rnnexp.config import CompareConfig, Config, ConfigError, load_config, describe_fields
+from rnnexp import config as config_module, engine, experiments
+from rnnexp.config import (CompareConfig, Config, ConfigError, check_compare_memory, describe_fields, load_config,
+                           training_bytes)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
@@ -79,6 +82,8 @@ BAD = [
      "or null (YAML reads unquoted yes/no/on/off as booleans; null turns it off)"),
     ("", ["train.lr=1e308"], "c.yaml (with overrides): train.lr = '1e308': expected a number > 0 and <= 1000"),
     ("", ["model.num_layers=1000"], "c.yaml (with overrides): model.num_layers = 1000: expected an integer from 1 to 64"),
+    ("", ["seed=9007199254740993.0"], "c.yaml (with overrides): seed = 9007199254740992.0: expected an integer from 0 "
+     "to 9223372036854775807 (write it as an integer: as a float it cannot be exact)"),
     ("", ["seed=18446744073709551616"],
      "c.yaml (with overrides): seed = 18446744073709551616: expected an integer from 0 to 9223372036854775807"),
     ("", ["model.num_layers=64", "task.seq_len=100000"],
@@ -102,7 +107,40 @@ def test_integers_stay_exact_however_large():
     assert load_config(None, ["seed=3.0", "train.num_batches=1e3"]).train.num_batches == 1000
 
 
-def test_a_comparison_counts_its_trainings_together_in_the_memory_check():
+def test_every_shipped_config_fits_a_4_gib_laptop(monkeypatch):
+    monkeypatch.setattr(config_module, "_physical_memory", lambda: 4 * 2**30)
+    for path in SHIPPED:
+        cls = CompareConfig if "models" in path.read_text() else Config
+        cfg = load_config(path, cls=cls)
+        if cls is CompareConfig:
+            check_compare_memory(cfg, 2)
+
+
+def test_models_trained_at_once_by_compare_are_checked_together(monkeypatch):
+    monkeypatch.setattr(config_module, "_physical_memory", lambda: 8 * 2**30)
+    cfg = load_config(None, ["task.seq_len=1500"], cls=CompareConfig)  # each model alone fits in 4 GiB
+    check_compare_memory(cfg, 1)
+    with pytest.raises(ConfigError) as info:
+        check_compare_memory(cfg, 2)
+    assert str(info.value) == ("--jobs 2: 2 models trained at once would need about 4.4 GiB, more than half of this "
+                               "machine's 8.0 GiB; lower --jobs or the sizes")
+
+
+def test_the_memory_estimate_covers_the_engines_buffers():
+    """training_bytes' engine part against the bytes of the engine's own buffers (the rest: backward temporaries)."""
+    for kind, layers in (("rnn", 1), ("rnn", 3), ("lstm", 1), ("lstm", 3)):
+        cfg = load_config(None, [f"model.type={kind}", f"model.num_layers={layers}", "task.seq_len=50",
+                                 "train.batch_size=16"])
+        e = engine.Engine([experiments.build_seeded_model(cfg, "a") for _ in range(2)], ["all"] * 2, 1e-3)
+        e.step(torch.randn(2, 1, 50, 16), torch.randn(2, 1, 50, 16))
+        storages = {v.untyped_storage().data_ptr(): v.untyped_storage().nbytes()
+                    for v in vars(e.stack).values() if isinstance(v, torch.Tensor)}
+        ratio = training_bytes(cfg.model, 50, 16, 0, 2) / sum(storages.values())
+        assert 1.0 <= ratio <= 1.5, (kind, layers, ratio)
+
+
+def test_a_comparison_counts_its_trainings_together_in_the_memory_check(monkeypatch):
+    monkeypatch.setattr(config_module, "_physical_memory", lambda: 8 * 2**30)
     overrides = ["task.seq_len=100000", "seeds=256"]  # 2 targets x 256 seeds of each model in one engine
     with pytest.raises(ConfigError) as info:
         load_config(None, overrides, cls=CompareConfig)

@@ -83,6 +83,15 @@ def test_identity_scan_matches_the_closed_form_from_the_saved_weights(tmp_path):
             assert [row["grad_norm"] for row in rows[8 * k:8 * k + 7]] == ["0.0"] * 7 and r["log10_ratio"] == "-inf"
 
 
+def test_a_train_config_too_big_to_train_still_scans(tmp_path):
+    """gradscan takes a train config's model and task, not its training sizes, and scans one sequence."""
+    big = tmp_path / "big.yaml"
+    big.write_text("model: {num_layers: 4}\ntask: {seq_len: 100000}\neval: {num_sequences: 100000}\n")
+    result, run_dir = _gradscan(tmp_path, "--config", str(big), "--seq-len", "10", "--hidden-size", "8")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["num_layers"] == 4
+
+
 def test_lstm_scan_from_a_train_config_recomputed_from_the_saved_weights(tmp_path):
     result, run_dir = _gradscan(tmp_path, "--config", str(ROOT / "configs" / "lstm_2_layer.yaml"), "--hidden-size",
                                 "4", "--seq-len", "5", "-w", "-1,1", "-b", "1")
