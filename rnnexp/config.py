@@ -26,6 +26,7 @@ TARGETS = ("all", "last")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+EVAL_CHUNK = 256  # held-out sequences per forward pass of the evaluation (train.evaluate)
 MAX_SEED = 2**63 - 1  # seeds are hashed (data.derive_seed), so any would do: this keeps them 64-bit integers
 
 
@@ -452,12 +453,13 @@ def config_from_dict(raw: dict, source: str = "config", cls: type = Config, chec
 def training_bytes(model: ModelConfig, seq_len: int, batch_size: int, eval_sequences: int, copies: int) -> int:
     """About the memory a training of ``copies`` copies needs at its peak: the engine's buffers (every layer's
     states, pre-activations and their gradients at every wave, seq_len + num_layers - 1 waves; rnnexp/engine.py)
-    and the evaluation of the held-out sequences (all at once, every layer's states kept)."""
+    and the evaluation of the held-out sequences (EVAL_CHUNK at a time, every layer's states kept)."""
     L, H = model.num_layers, model.hidden_size
     lstm = model.type == "lstm"
     per_step = (29 if lstm else 6) * H  # floats per (wave, layer, copy, sequence)
     engine = (seq_len + L - 1) * L * copies * batch_size * per_step
-    evaluation = eval_sequences * seq_len * L * ((4 if lstm else 2) * H + 2 * H)
+    chunk = min(eval_sequences, EVAL_CHUNK)
+    evaluation = chunk * seq_len * L * ((4 if lstm else 2) * H + 2 * H) + 3 * eval_sequences * seq_len
     return 4 * (engine + evaluation)  # the engine is still alive while the evaluation runs
 
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import EVAL_CHUNK
+
 
 def loss_fn(pred: torch.Tensor, y: torch.Tensor, target: str = "all") -> torch.Tensor:
     """MSE over every timestep (``all``) or over the last timestep only (``last``)."""
@@ -77,7 +79,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator[
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: str = "all") -> tuple[float, torch.Tensor]:
-    """``(mse, preds)`` on a held-out set."""
+    """``(mse, preds)`` on a held-out set, EVAL_CHUNK sequences per forward pass (the states of all of them at once
+    can take gigabytes at long sequences)."""
     model.eval()
-    pred, _ = model(x)
+    pred = torch.cat([model(chunk)[0] for chunk in x.split(EVAL_CHUNK)])
     return loss_fn(pred, y, target).item(), pred

@@ -95,3 +95,16 @@ def test_batch_stream_states_and_targets_computed_in_any_layout():
     stacked = torch.stack(batches).permute(0, 3, 2, 1)  # (N, 1, T, B)
     by_batch = torch.stack([data.running_mean_targets(x) for x in batches]).permute(0, 3, 2, 1)
     assert torch.equal(data.running_mean_targets(stacked.contiguous(), time_dim=2), by_batch)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+def test_evaluation_in_chunks_equals_one_pass(kind):
+    """evaluate runs EVAL_CHUNK sequences at a time; 600 sequences (3 chunks) give one pass's predictions and MSE."""
+    cfg = load_config(None, [f"model.type={kind}", "model.num_layers=2", "model.hidden_size=8", "task.seq_len=7"])
+    model = experiments.build_seeded_model(cfg, "a")
+    x, y = data.sample_batch(cfg.task.name, data.make_generator(0, "eval"), 600, 7)
+    mse, pred = evaluate(model, x, y, "all")
+    with torch.no_grad():
+        whole, _ = model(x)
+    torch.testing.assert_close(pred, whole, rtol=1e-6, atol=1e-7)
+    assert pred.shape == (600, 7, 1) and mse == pytest.approx(loss_fn(whole, y, "all").item(), rel=1e-6)
