@@ -79,10 +79,10 @@ class _Stack:
     matmul is one bmm over (layers x copies) and each elementwise op one call for all layers. Layouts:
     (L, K, features, waves, B), so that a layer's whole sequence is one matrix per copy: HS (states), dXW
     (dLoss/d(pre-activation)), E (dLoss/dh from the head), dact (an RNN's activation derivative);
-    (waves, L, K, features, B), so that a wave's slice is a few blocks of memory: XW (the input part of the
-    pre-activations) and the LSTM's S4, TG, C2, TC, Q, P, dC, which are read only elementwise. A state buffer
-    has one more slot than there are waves, slot w + 1 holding the state made at wave w and slot l layer l's
-    zero initial state. Positions a layer never visits stay 0.
+    (waves, L, K, features, B), so that a wave's slice is a few blocks of memory: XW (the pre-activations: their
+    input part until the wave adds the recurrent product) and the LSTM's S4, TG, C2, TC, Q, P, dC, which are read
+    only elementwise. A state buffer has one more slot than there are waves, slot w + 1 holding the state made at
+    wave w and slot l layer l's zero initial state. Positions a layer never visits stay 0.
     """
 
     def __init__(self, kind: str, activation: str, L: int, K: int, T: int, B: int, H: int, device: torch.device):
@@ -92,7 +92,8 @@ class _Stack:
         z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
         self.one, self.zero = torch.ones((), device=device), torch.zeros((), device=device)
         # input part of the pre-activations, wave-major: an upper layer's slot of a wave is contiguous, so baddbmm
-        # writes it as one batched product (into a strided slot torch makes one addmm per copy)
+        # writes it as one batched product (into a strided slot torch makes one addmm per copy); the wave's
+        # recurrent product is added in place, so after the forward pass XW holds the whole pre-activations
         self.XW = z(W, L, K, G, B)
         self.HS = z(L, K, H, W + 1, B)
         self.dXW = z(L, K, G, W + 1, B)  # dLoss/d(pre-activation); the last slot stays 0
@@ -111,14 +112,11 @@ class _Stack:
         self.dh_w = [self.dh[lo:hi + 1].reshape(nk(lo, hi), H, B) for lo, hi in self.span]
         self.dh4_w = [self.dh[lo:hi + 1] for lo, hi in self.span]
         # every layer's W_hh, layer-major, filled by the engine each step: as is (backward) and as the forward uses
-        # it (an LSTM's g rows doubled); and the pre-activations of a wave
+        # it (an LSTM's g rows doubled)
         self.W_hh = z(L * K, G, H)
         self.W_hh_fwd = z(L * K, G, H) if kind == "lstm" else self.W_hh
-        self.PRE = z(L * K, G, B)
         self.W_w = [self.W_hh_fwd[lo * K:(hi + 1) * K] for lo, hi in self.span]
         self.WT_w = [self.W_hh[lo * K:(hi + 1) * K].transpose(1, 2) for lo, hi in self.span]
-        self.pre_w = [self.PRE[lo * K:(hi + 1) * K] for lo, hi in self.span]
-        self.pre4_w = [v.view(hi - lo + 1, K, G, B) for v, (lo, hi) in zip(self.pre_w, self.span)]
         # upper layers: (layer, XW slot to fill, h of the layer below) per wave; (layer, dh, dXW above) per wave
         self.up_w = [[(l, self.XW[w, l], self.HS[l - 1, :, :, w]) for l in range(max(lo, 1), hi + 1)]
                      for w, (lo, hi) in enumerate(self.span)]
@@ -146,6 +144,8 @@ class _Stack:
         self.Q = rows(W, L, K, H, B)  # dc += dh * Q
         self.P = rows(W, L, K, G, B)  # dpre = [dc, dc, dc, dh] * P
         self.dC = rows(W + 1, L, K, H, B)  # dLoss/dc; the last slot stays 0
+        # backward's temporaries (megabytes at K = 16), made once rather than at every step
+        self.dS, self.d1 = z(W, L, K, G, B), z(W, L, K, H, B)
         waves = lambda buf, shift=0: [buf[w + shift, lo:hi + 1] for w, (lo, hi) in enumerate(self.span)]  # noqa: E731
         self.S4_w, self.TG_w, self.TC_w, self.Q_w = waves(self.S4), waves(self.TG), waves(self.TC), waves(self.Q)
         self.Cin_w, self.Cout_w = waves(self.C2), waves(self.C2, 1)
@@ -176,8 +176,8 @@ class _Stack:
             if w == 0:  # layer 0's first step: h_{-1} = 0
                 pre = self.XW_w[0]
             else:
-                torch.baddbmm(self.XWr_w[w], self.W_w[w], self.Hin_w[w], alpha=alpha, out=self.pre_w[w])
-                pre = self.pre4_w[w]
+                self.XWr_w[w].baddbmm_(self.W_w[w], self.Hin_w[w], alpha=alpha)  # in place: no copy of XW first
+                pre = self.XW_w[w]
             if self.kind == "rnn":
                 h = self.Hout_w[w]
                 if tanh_rnn:
@@ -211,14 +211,15 @@ class _Stack:
             else:
                 self.dact.fill_(1)
         else:
-            S4, P, one = self.S4[:W], self.P, self.one
-            dS = torch.addcmul(S4, S4, S4, value=-1)  # sigmoid' = s - s^2 (the g block's is not used)
+            S4, P, one, dS, d1 = self.S4[:W], self.P, self.one, self.dS, self.d1
+            torch.addcmul(S4, S4, S4, value=-1, out=dS)  # sigmoid' = s - s^2 (the g block's is not used)
             torch.addcmul(self.zero, self.C2[:W], dS[..., :H, :], value=0.5, out=P[..., :H, :])  # f: c_{t-1} f'
             torch.mul(self.TG, dS[..., H:2 * H, :], out=P[..., H:2 * H, :])  # i: g i'
-            torch.mul(S4[..., H:2 * H, :], torch.addcmul(one, self.TG, self.TG, value=-1),
+            torch.mul(S4[..., H:2 * H, :], torch.addcmul(one, self.TG, self.TG, value=-1, out=d1),
                       out=P[..., 2 * H:3 * H, :])  # g: i g'
             torch.mul(self.TC, dS[..., 3 * H:, :], out=P[..., 3 * H:, :])  # o: tanh(c) o'
-            torch.mul(S4[..., 3 * H:, :], torch.addcmul(one, self.TC, self.TC, value=-1), out=self.Q)  # o tanh'(c)
+            torch.mul(S4[..., 3 * H:, :], torch.addcmul(one, self.TC, self.TC, value=-1, out=d1),
+                      out=self.Q)  # o tanh'(c)
         for w in range(W - 1, -1, -1):
             # dh_t: from the head (top layer), from the same layer's step t+1, from the layer above's step t
             if w == W - 1:  # the top layer's last step: nothing comes from later steps
@@ -304,6 +305,8 @@ class Engine:
             self._g_doubled[2 * H:3 * H] = 2.0
         self._E_top = self.stack.E[L - 1, :, :, L - 1:L - 1 + T].reshape(K, H, T * B)
         self._XW0 = self.stack.XW[:T, 0]  # layer 0's T steps, (T, K, G, B)
+        self._b_rows, self._W_rows = (torch.zeros(K, G, B, device=dev) for _ in range(2))  # one input: see forward
+        self._dXWx = torch.zeros(K, G, T * B, device=dev)  # one input: layer 0's dXW * x, summed into dW_ih
         assert self._E_top._base is not None  # a view, written in place
         self.preds, self.diff, self.dP = (torch.zeros(K, O, T, B, device=dev) for _ in range(3))
         # dLoss_k/dpred = diff * scale_k: mean over every step ("all") or over the last one only ("last")
@@ -333,7 +336,11 @@ class Engine:
             W_ih, b = doubled[:L], doubled[L:]
         self.x_in = inp = x.reshape(K, x.shape[1], T * B)
         if inp.shape[1] == 1:  # an outer product, straight into (T, K, G, B): bmm with an inner size of 1 is slow
-            torch.addcmul(b[0].unsqueeze(0), W_ih[0].unsqueeze(0), x.permute(2, 0, 1, 3), out=self._XW0)
+            # W and b spread over B first: with two operands broadcast along the innermost dimension torch's
+            # elementwise loop is not vectorised (4x slower); the values (one fused multiply-add each) are the same
+            self._b_rows.copy_(b[0])
+            self._W_rows.copy_(W_ih[0])
+            torch.addcmul(self._b_rows, self._W_rows, x.permute(2, 0, 1, 3), out=self._XW0)
         else:
             self._XW0.copy_(torch.baddbmm(b[0], W_ih[0], inp).view(K, -1, T, B).permute(2, 0, 1, 3))  # -> (T, K, G, B)
         st.forward(W_ih, b)
@@ -367,7 +374,7 @@ class Engine:
             if l > 0:
                 torch.bmm(dXW, st.below[l].transpose(1, 2), out=g[3 * l])
             elif self.x_in.shape[1] == 1:  # bmm with one output column goes another way for K = 1 than for K > 1
-                torch.sum(dXW * self.x_in, dim=2, keepdim=True, out=g[0])
+                torch.sum(torch.mul(dXW, self.x_in, out=self._dXWx), dim=2, keepdim=True, out=g[0])
             else:
                 torch.bmm(dXW, self.x_in.transpose(1, 2), out=g[0])
             torch.sum(dXW, dim=2, out=g[3 * l + 2])
