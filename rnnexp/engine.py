@@ -13,7 +13,8 @@ Layout (per copy k, batch innermost so each whole-sequence product is one ``bmm`
   per layer ``W_ih (K, G, I)``, ``W_hh (K, G, H)``, ``b (K, G)`` with G = H (rnn) or 4H (lstm, gate
   blocks f, i, g, o: the notebook's f, i, o, g with the last two swapped): the notebook's
   ``weight = cat([W_ih, W_hh], 1)``;
-  head ``W_o (K, O, H)``, ``b_o (K, O)``.
+  head ``W_o (K, O, H)``, ``b_o (K, O)``;
+  the parameters are views of one flat buffer, as are the gradients and each of Adam's moments (``_flat``).
 The layers of a stack advance together, as a wavefront (``_Stack``), so that a 2-layer model costs
 not much more Python calls than a 1-layer one.
 A copy's numbers do not depend on K or on the other copies (every op is per copy; a test checks
@@ -270,11 +271,12 @@ class Engine:
         lstm = self.kind == "lstm"
         per_model = [[p.detach() for lin, size in _linears(m) for p in _split(lin.weight, lin.bias, size, lstm)]
                      for m in models]
-        self.params = [torch.stack(group).contiguous() for group in zip(*per_model)]
-        self.grads = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self._adam_views()
+        stacked = [torch.stack(group) for group in zip(*per_model)]
+        self._flat = [_flat(len(models), [p.shape[1:] for p in stacked], self.device) for _ in range(4)]
+        self._unflat()
+        for p, value in zip(self.params, stacked):
+            p.copy_(value)
+        self.step_count = torch.zeros((), device=self.device)  # Adam's, shared by every copy
         self._shape: tuple[int, int] | None = None  # (T, B) the buffers are made for
         self._two = torch.full((), 2.0, device=self.device)
 
@@ -282,14 +284,9 @@ class Engine:
     def K(self) -> int:
         return self.params[0].shape[0]
 
-    def _adam_views(self, step: float = 0.0) -> None:
-        """Adam runs over every copy's own tensors (views), not over the stacked ones: the fused kernel handles
-        the first elements of a tensor in vector registers and the last few one by one, with other roundings,
-        so a copy's numbers would depend on where it sits in the stack."""
-        self._adam = [[t[k] for t in group for k in range(self.K)]
-                      for group in (self.params, self.grads, self.exp_avg, self.exp_avg_sq)]
-        self.step_count = torch.full((), step, dtype=torch.float32, device=self.device)
-        self.steps = [self.step_count] * len(self._adam[0])  # the kernel reads one per tensor; all copies share it
+    def _unflat(self) -> None:
+        """``params``, ``grads``, ``exp_avg``, ``exp_avg_sq``: each a list of (K, ...) views of its flat buffer."""
+        self.params, self.grads, self.exp_avg, self.exp_avg_sq = (views for _, views in self._flat)
 
     # ---- the step -------------------------------------------------------------------------------------
     def _buffers(self, T: int, B: int) -> None:
@@ -307,6 +304,7 @@ class Engine:
         self._XW0 = self.stack.XW[:T, 0]  # layer 0's T steps, (T, K, G, B)
         self._b_rows, self._W_rows = (torch.zeros(K, G, B, device=dev) for _ in range(2))  # one input: see forward
         self._dXWx = torch.zeros(K, G, T * B, device=dev)  # one input: layer 0's dXW * x, summed into dW_ih
+        self._grad_out = [g if g.is_contiguous() else torch.zeros(g.shape, device=dev) for g in self.grads]
         assert self._E_top._base is not None  # a view, written in place
         self.preds, self.diff, self.dP = (torch.zeros(K, O, T, B, device=dev) for _ in range(3))
         # dLoss_k/dpred = diff * scale_k: mean over every step ("all") or over the last one only ("last")
@@ -360,7 +358,7 @@ class Engine:
         K, (T, B), g, st, L = self.K, self._shape, self.grads, self.stack, self.num_layers
         torch.mul(self.diff, self.scale, out=self.dP)
         dP = self.dP.view(K, -1, T * B)
-        torch.bmm(dP, st.seq[-1].transpose(1, 2), out=g[-2])
+        self._bmm_grad(len(g) - 2, dP, st.seq[-1].transpose(1, 2))
         torch.sum(dP, dim=2, out=g[-1])
         W_oT = self.params[-2].transpose(1, 2)
         if dP.shape[1] == 1:  # O == 1: an outer product
@@ -370,14 +368,22 @@ class Engine:
         st.backward([None] + [self.params[3 * l].transpose(1, 2) for l in range(1, L)])
         for l in range(L):
             dXW = st.dXW_seq[l]
-            torch.bmm(st.dXW_after[l], st.prev[l].transpose(1, 2), out=g[3 * l + 1])
+            self._bmm_grad(3 * l + 1, st.dXW_after[l], st.prev[l].transpose(1, 2))
             if l > 0:
-                torch.bmm(dXW, st.below[l].transpose(1, 2), out=g[3 * l])
+                self._bmm_grad(3 * l, dXW, st.below[l].transpose(1, 2))
             elif self.x_in.shape[1] == 1:  # bmm with one output column goes another way for K = 1 than for K > 1
                 torch.sum(torch.mul(dXW, self.x_in, out=self._dXWx), dim=2, keepdim=True, out=g[0])
             else:
-                torch.bmm(dXW, self.x_in.transpose(1, 2), out=g[0])
+                self._bmm_grad(0, dXW, self.x_in.transpose(1, 2))
             torch.sum(dXW, dim=2, out=g[3 * l + 2])
+
+    def _bmm_grad(self, i: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        """grads[i] = a @ b, copy by copy; through a contiguous buffer where the copies of grads[i] have gaps between
+        them (torch's bmm into such a tensor takes a path several times slower)."""
+        out = self._grad_out[i]
+        torch.bmm(a, b, out=out)
+        if out is not self.grads[i]:
+            self.grads[i].copy_(out)
 
     def _norms(self) -> torch.Tensor:
         """Each copy's global gradient norm, (K,), as torch.nn.utils.clip_grad_norm_ takes it."""
@@ -407,7 +413,7 @@ class Engine:
                 return [], {k: f"gradient norm became {norms[k].item()}" for k in range(self.K)
                             if not math.isfinite(norms[k].item())}
         self.step_count.add_(1)
-        torch._fused_adam_(*self._adam, [], self.steps, amsgrad=False,
+        torch._fused_adam_(*([flat] for flat, _ in self._flat), [], [self.step_count], amsgrad=False,
                            lr=self.lr, beta1=BETAS[0], beta2=BETAS[1], weight_decay=0.0, eps=EPS, maximize=False,
                            grad_scale=None, found_inf=None)
         return losses, {}
@@ -416,10 +422,13 @@ class Engine:
         """Take the copies ``copies`` out; the others go on exactly as they would have."""
         keep = [k for k in range(self.K) if k not in set(copies)]
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        for group in (self.params, self.grads, self.exp_avg, self.exp_avg_sq):
-            group[:] = [t.index_select(0, index).contiguous() for t in group]
+        old = self._flat
+        self._flat = [_flat(len(keep), [t.shape[1:] for t in views], self.device) for _, views in old]
+        for (_, views), (_, kept) in zip(old, self._flat):
+            for view, new in zip(views, kept):
+                new.copy_(view.index_select(0, index))
+        self._unflat()
         self.targets = [self.targets[k] for k in keep]
-        self._adam_views(float(self.step_count))
         self._shape = None
 
     # ---- copy k as the notebook's modules and torch.optim's state -------------------------------------
@@ -479,6 +488,28 @@ class Engine:
                         target[k].copy_(value)
                     i += 2 if size == 0 else 3
             self.step_count.fill_(float(states[0]["step"]))
+
+
+ALIGN = 16  # floats: a 64-byte cache line, the fused Adam kernel's unit of work
+
+
+def _flat(K: int, shapes: list[torch.Size], device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One zeroed buffer for a group of K copies' tensors (parameters, gradients or an Adam moment), and its views
+    shaped (K, *shape) for each of ``shapes``: tensor by tensor, and within a tensor copy by copy.
+
+    Adam runs over the whole buffer in one call. Its fused kernel takes a tensor in chunks of whole cache lines
+    and each chunk in vector registers but for the last few elements, which it takes one by one with other
+    roundings; every copy of every tensor starts at, and spans, a multiple of ALIGN floats (the gaps stay 0), so
+    no element is one of those and a copy's numbers do not depend on where it sits (or on K). A tensor whose size
+    is a multiple of ALIGN (most of them at the notebook's sizes) is a contiguous view, as bmm needs to be fast."""
+    sizes = [-(-math.prod(shape) // ALIGN) * ALIGN for shape in shapes]
+    flat = torch.zeros(K * sum(sizes), device=device)
+    views, offset = [], 0
+    for shape, size in zip(shapes, sizes):
+        strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
+        views.append(flat.as_strided((K, *shape), (size, *strides), offset))
+        offset += K * size
+    return flat, views
 
 
 def _pairs(tensors: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -163,3 +163,26 @@ def test_weights_and_adam_state_in_the_notebooks_layout_and_torch_optims_format(
     x, y = next(stream)
     x, y = engine.to_engine_layout([x], [0]), engine.to_engine_layout([y], [0])
     assert e.step(x, y) == fresh.step(x, y)
+
+
+def test_adam_runs_over_one_buffer_per_group_whose_gaps_stay_zero():
+    """Parameters, gradients and Adam's moments each live in one flat buffer, every copy of every tensor at a
+    multiple of 16 floats (hidden 7: no tensor fills its slots exactly); the gaps between them stay 0 while training,
+    and the views hold exactly what the models were built with."""
+    cfg = _config("model.type=lstm", "model.hidden_size=7", "model.num_layers=2")
+    built = [experiments.build_seeded_model(cfg, s) for s in ("a", "b", "c")]
+    e = engine.Engine(built, ["all", "last", "all"], 3e-3)
+    for k, model in enumerate(built):
+        copy = experiments.build_seeded_model(cfg, "x")
+        e.copy_to(k, copy)
+        assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), model.state_dict().values()))
+    _engine_losses(e, [experiments.batch_stream(cfg, CPU)], [0, 0, 0], 5)
+    for flat, views in e._flat:
+        covered = torch.zeros_like(flat, dtype=torch.bool)
+        for view in views:
+            assert view.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+            assert view.storage_offset() % engine.ALIGN == 0 and view.stride(0) % engine.ALIGN == 0
+            covered.as_strided(view.shape, view.stride(), view.storage_offset()).fill_(True)
+        assert 0 < int(covered.sum()) < flat.numel()
+        assert not flat[~covered].any()
+    assert all(bool(g.abs().sum(dim=tuple(range(1, g.dim()))).gt(0).all()) for g in e.grads)
