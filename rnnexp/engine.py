@@ -132,6 +132,7 @@ class _Stack:
         if kind == "rnn":
             self.dact = z(L, K, H, W, B)
             self.dact_w = [self.dact[lo:hi + 1, :, :, w] for w, (lo, hi) in enumerate(self.span)]
+            self.HS_after = self.HS[:, :, :, 1:]  # the states the waves make
             return
         # LSTM gate blocks are kept in the order f, i, g, o (the notebook's is f, i, o, g), so that the three
         # blocks dc flows into are adjacent; the cell state is kept as 2c, whose sigmoid gives tanh(c).
@@ -157,6 +158,12 @@ class _Stack:
         self.Po_w = [v[:, :, 3 * H:] for v in waves(self.P)]
         self.dXW3_w = [self.dXW[lo:hi + 1, :, :3 * H, w].unflatten(2, (3, H)) for w, (lo, hi) in enumerate(self.span)]
         self.dXWo_w = [self.dXW[lo:hi + 1, :, 3 * H:, w] for w, (lo, hi) in enumerate(self.span)]
+        self.dC3_w = [v.unsqueeze(2) for v in self.dC_w]
+        # backward's gate derivatives over every wave at once: sigmoid values and derivatives, the P blocks
+        S4, dS, P = self.S4[:W], self.dS, self.P
+        f, i, g, o = (slice(a * H, (a + 1) * H) for a in range(4))
+        self.prep = (S4, self.C2[:W], dS, dS[..., f, :], dS[..., i, :], dS[..., o, :], S4[..., i, :], S4[..., o, :],
+                     P[..., f, :], P[..., i, :], P[..., g, :], P[..., o, :])
 
     def forward(self, W_ih: list, b: list) -> None:
         """The recurrence, wave by wave, from layer 0's input part in XW and ``W_hh_fwd`` as filled by the
@@ -204,7 +211,7 @@ class _Stack:
         layer l's input weight transposed."""
         H, W = self.H, self.W
         if self.kind == "rnn":
-            hs = self.HS[:, :, :, 1:]
+            hs = self.HS_after
             if self.activation == "tanh":
                 torch.addcmul(self.one, hs, hs, value=-1, out=self.dact)  # 1 - h^2
             elif self.activation == "relu":
@@ -212,15 +219,14 @@ class _Stack:
             else:
                 self.dact.fill_(1)
         else:
-            S4, P, one, dS, d1 = self.S4[:W], self.P, self.one, self.dS, self.d1
+            one, d1 = self.one, self.d1
+            S4, C2, dS, dS_f, dS_i, dS_o, S4_i, S4_o, P_f, P_i, P_g, P_o = self.prep
             torch.addcmul(S4, S4, S4, value=-1, out=dS)  # sigmoid' = s - s^2 (the g block's is not used)
-            torch.addcmul(self.zero, self.C2[:W], dS[..., :H, :], value=0.5, out=P[..., :H, :])  # f: c_{t-1} f'
-            torch.mul(self.TG, dS[..., H:2 * H, :], out=P[..., H:2 * H, :])  # i: g i'
-            torch.mul(S4[..., H:2 * H, :], torch.addcmul(one, self.TG, self.TG, value=-1, out=d1),
-                      out=P[..., 2 * H:3 * H, :])  # g: i g'
-            torch.mul(self.TC, dS[..., 3 * H:, :], out=P[..., 3 * H:, :])  # o: tanh(c) o'
-            torch.mul(S4[..., 3 * H:, :], torch.addcmul(one, self.TC, self.TC, value=-1, out=d1),
-                      out=self.Q)  # o tanh'(c)
+            torch.addcmul(self.zero, C2, dS_f, value=0.5, out=P_f)  # f: c_{t-1} f'
+            torch.mul(self.TG, dS_i, out=P_i)  # i: g i'
+            torch.mul(S4_i, torch.addcmul(one, self.TG, self.TG, value=-1, out=d1), out=P_g)  # g: i g'
+            torch.mul(self.TC, dS_o, out=P_o)  # o: tanh(c) o'
+            torch.mul(S4_o, torch.addcmul(one, self.TC, self.TC, value=-1, out=d1), out=self.Q)  # o tanh'(c)
         for w in range(W - 1, -1, -1):
             # dh_t: from the head (top layer), from the same layer's step t+1, from the layer above's step t
             if w == W - 1:  # the top layer's last step: nothing comes from later steps
@@ -236,7 +242,7 @@ class _Stack:
             dc = self.dC_w[w]
             torch.mul(self.fnext_w[w], self.dCnext_w[w], out=dc)
             dc.addcmul_(dh, self.Q_w[w])
-            torch.mul(dc.unsqueeze(2), self.P3_w[w], out=self.dXW3_w[w])
+            torch.mul(self.dC3_w[w], self.P3_w[w], out=self.dXW3_w[w])
             torch.mul(dh, self.Po_w[w], out=self.dXWo_w[w])
 
 
@@ -316,15 +322,23 @@ class Engine:
                 self.scale[k] = 2.0 / (O * T * B)
         last = torch.tensor([t == "last" for t in self.targets], device=dev)
         self._last = None if not bool(last.any()) else last
+        # views a step reads, made once (each is a torch call, a few us at these sizes)
+        P, st = self.params, self.stack
+        self._b = [P[3 * l + 2].unsqueeze(-1) for l in range(L)]
+        self._W_ihT = [None] + [P[3 * l].transpose(1, 2) for l in range(1, L)]
+        self._W_oT, self._b_o = P[-2].transpose(1, 2), P[-1].unsqueeze(-1)
+        self._preds, self._dP = self.preds.view(K, -1, T * B), self.dP.view(K, -1, T * B)
+        self._seqT = [h.transpose(1, 2) for h in st.seq]
+        self._prevT = [h.transpose(1, 2) for h in st.prev]
+        self._belowT = [None] + [h.transpose(1, 2) for h in st.below[1:]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (K, I, T, B) -> predictions (K, O, T, B), keeping what backward needs."""
         K, _, T, B = x.shape
         self._buffers(T, B)
-        st, L, H = self.stack, self.num_layers, self.hidden
+        st, L = self.stack, self.num_layers
         torch.cat([self.params[3 * l + 1] for l in range(L)], out=st.W_hh)
-        W_ih = [self.params[3 * l] for l in range(L)]
-        b = [self.params[3 * l + 2].unsqueeze(-1) for l in range(L)]
+        W_ih, b = [self.params[3 * l] for l in range(L)], self._b
         if self.kind == "lstm":  # 2 pre_g, exactly, from doubled g rows
             torch.mul(st.W_hh, self._g_doubled, out=st.W_hh_fwd)
             doubled = torch._foreach_mul(W_ih + b, [self._g_doubled] * (2 * L))
@@ -342,8 +356,7 @@ class Engine:
         else:
             self._XW0.copy_(torch.baddbmm(b[0], W_ih[0], inp).view(K, -1, T, B).permute(2, 0, 1, 3))  # -> (T, K, G, B)
         st.forward(W_ih, b)
-        W_o, b_o = self.params[-2:]
-        torch.baddbmm(b_o.unsqueeze(-1), W_o, st.seq[-1], out=self.preds.view(K, -1, T * B))
+        torch.baddbmm(self._b_o, self.params[-2], st.seq[-1], out=self._preds)
         return self.preds
 
     def _losses(self, y: torch.Tensor) -> torch.Tensor:
@@ -355,22 +368,21 @@ class Engine:
         return torch.where(self._last, sq[:, :, -1].flatten(1).mean(1), every)
 
     def _backward(self) -> None:
-        K, (T, B), g, st, L = self.K, self._shape, self.grads, self.stack, self.num_layers
+        g, st, L = self.grads, self.stack, self.num_layers
         torch.mul(self.diff, self.scale, out=self.dP)
-        dP = self.dP.view(K, -1, T * B)
-        self._bmm_grad(len(g) - 2, dP, st.seq[-1].transpose(1, 2))
+        dP = self._dP
+        self._bmm_grad(len(g) - 2, dP, self._seqT[-1])
         torch.sum(dP, dim=2, out=g[-1])
-        W_oT = self.params[-2].transpose(1, 2)
         if dP.shape[1] == 1:  # O == 1: an outer product
-            torch.mul(W_oT, dP, out=self._E_top)
+            torch.mul(self._W_oT, dP, out=self._E_top)
         else:
-            torch.bmm(W_oT, dP, out=self._E_top)
-        st.backward([None] + [self.params[3 * l].transpose(1, 2) for l in range(1, L)])
+            torch.bmm(self._W_oT, dP, out=self._E_top)
+        st.backward(self._W_ihT)
         for l in range(L):
             dXW = st.dXW_seq[l]
-            self._bmm_grad(3 * l + 1, st.dXW_after[l], st.prev[l].transpose(1, 2))
+            self._bmm_grad(3 * l + 1, st.dXW_after[l], self._prevT[l])
             if l > 0:
-                self._bmm_grad(3 * l, dXW, st.below[l].transpose(1, 2))
+                self._bmm_grad(3 * l, dXW, self._belowT[l])
             elif self.x_in.shape[1] == 1:  # bmm with one output column goes another way for K = 1 than for K > 1
                 torch.sum(torch.mul(dXW, self.x_in, out=self._dXWx), dim=2, keepdim=True, out=g[0])
             else:
