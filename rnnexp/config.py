@@ -456,7 +456,7 @@ def training_bytes(model: ModelConfig, seq_len: int, batch_size: int, eval_seque
     and the evaluation of the held-out sequences (EVAL_CHUNK at a time, every layer's states kept)."""
     L, H = model.num_layers, model.hidden_size
     lstm = model.type == "lstm"
-    per_step = (29 if lstm else 6) * H  # floats per (wave, layer, copy, sequence)
+    per_step = (33 if lstm else 6) * H  # floats per (wave, layer, copy, sequence)
     engine = (seq_len + L - 1) * L * copies * batch_size * per_step
     chunk = min(eval_sequences, EVAL_CHUNK)
     evaluation = chunk * seq_len * L * ((4 if lstm else 2) * H + 2 * H) + 3 * eval_sequences * seq_len

@@ -17,8 +17,9 @@ Layout (per copy k, batch innermost so each whole-sequence product is one ``bmm`
   the parameters are views of one flat buffer, as are the gradients and each of Adam's moments (``_flat``).
 The layers of a stack advance together, as a wavefront (``_Stack``), so that a 2-layer model costs
 not much more Python calls than a 1-layer one.
-A copy's numbers do not depend on K or on the other copies (every op is per copy; a test checks
-K = 1 against K = 3 bit for bit), so a compare's sub-run resumes alone exactly as it would have gone on.
+A copy's numbers do not depend on K or on the other copies (every op is per copy, or, for Adam, over copies placed
+at cache-line boundaries, ``_flat``; a test checks K = 1 against K = 3 bit for bit), so a compare's sub-run
+resumes alone exactly as it would have gone on.
 """
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ def _split(weight: torch.Tensor, bias: torch.Tensor, input_size: int, lstm: bool
     return [weight[:, :input_size], weight[:, input_size:], bias]
 
 
+ALIGN = 16  # floats (float32): a 64-byte cache line; the fused Adam kernel's unit of work
+
+
 def _rows(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Zeros of ``shape`` (..., K, features, B) in which each copy's (features, B) block is one row of memory with a
     gap after it. Elementwise kernels run vector instructions along a row and finish its last few elements one by
@@ -68,7 +72,7 @@ def _rows(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     copy's numbers would depend on where it sits, that is on K."""
     *outer, features, B = shape
     row = features * B
-    stride = (row // 16 + 1) * 16  # > row, so that no kernel merges two copies into one row; 64-byte aligned
+    stride = (row // ALIGN + 1) * ALIGN  # > row, so that no kernel merges two copies into one row; 64-byte aligned
     return torch.zeros(*outer, stride, device=device)[..., :row].unflatten(-1, (features, B))
 
 
@@ -147,7 +151,8 @@ class _Stack:
         self.P = rows(W, L, K, G, B)  # dpre = [dc, dc, dc, dh] * P
         self.dC = rows(W + 1, L, K, H, B)  # dLoss/dc; the last slot stays 0
         # backward's temporaries (megabytes at K = 16), made once rather than at every step
-        self.dS, self.d1 = z(W, L, K, G, B), z(W, L, K, H, B)
+        self.dS = z(W, L, K, G, B)
+        self.d1 = self.dS[..., 2 * H:3 * H, :]  # 1 - tanh^2, twice: in dS's g block, which nothing else uses
         waves = lambda buf, shift=0: [buf[w + shift, lo:hi + 1] for w, (lo, hi) in enumerate(self.span)]  # noqa: E731
         self.S4_w, self.TG_w, self.TC_w, self.Q_w = waves(self.S4), waves(self.TG), waves(self.TC), waves(self.Q)
         self.Cin_w, self.Cout_w = waves(self.C2), waves(self.C2, 1)
@@ -268,7 +273,7 @@ class Engine:
         unknown = sorted(set(targets) - {"all", "last"})
         if unknown:
             raise ValueError(f"unknown target {unknown[0]!r}; known: all, last")
-        self.hidden = layers[0].hidden_size
+        self.hidden, self.input_size = layers[0].hidden_size, layers[0].input_size
         self.output_dim = first.final_w.out_features
         self.num_layers = len(layers)
         self.device = first.final_w.weight.device
@@ -278,6 +283,8 @@ class Engine:
         per_model = [[p.detach() for lin, size in _linears(m) for p in _split(lin.weight, lin.bias, size, lstm)]
                      for m in models]
         stacked = [torch.stack(group) for group in zip(*per_model)]
+        if stacked[0].dtype != torch.float32:
+            raise ValueError(f"the engine trains float32 models, not {stacked[0].dtype}")
         self._flat = [_flat(len(models), [p.shape[1:] for p in stacked], self.device) for _ in range(4)]
         self._unflat()
         for p, value in zip(self.params, stacked):
@@ -308,9 +315,16 @@ class Engine:
             self._g_doubled[2 * H:3 * H] = 2.0
         self._E_top = self.stack.E[L - 1, :, :, L - 1:L - 1 + T].reshape(K, H, T * B)
         self._XW0 = self.stack.XW[:T, 0]  # layer 0's T steps, (T, K, G, B)
-        self._b_rows, self._W_rows = (torch.zeros(K, G, B, device=dev) for _ in range(2))  # one input: see forward
-        self._dXWx = torch.zeros(K, G, T * B, device=dev)  # one input: layer 0's dXW * x, summed into dW_ih
-        self._grad_out = [g if g.is_contiguous() else torch.zeros(g.shape, device=dev) for g in self.grads]
+        if self.input_size == 1:  # see forward and _backward
+            self._b_rows, self._W_rows = (torch.zeros(K, G, B, device=dev) for _ in range(2))
+            # layer 0's dXW * x, summed into dW_ih, in memory the backward pass is done with by then
+            done = self.stack.dS if self.kind == "lstm" else self.stack.dact
+            self._dXWx = done.view(-1)[:K * G * T * B].view(K, G, T * B)
+        # bmm's outputs: the gradient itself, or a contiguous buffer where its copies have gaps between them
+        products = [len(self.grads) - 2] + [3 * l + 1 for l in range(L)] + [3 * l for l in range(L)
+                                                                             if l > 0 or self.input_size > 1]
+        self._grad_out = {i: g if g.is_contiguous() else torch.zeros(g.shape, device=dev)
+                          for i, g in enumerate(self.grads) if i in products}
         assert self._E_top._base is not None  # a view, written in place
         self.preds, self.diff, self.dP = (torch.zeros(K, O, T, B, device=dev) for _ in range(3))
         # dLoss_k/dpred = diff * scale_k: mean over every step ("all") or over the last one only ("last")
@@ -500,9 +514,6 @@ class Engine:
                         target[k].copy_(value)
                     i += 2 if size == 0 else 3
             self.step_count.fill_(float(states[0]["step"]))
-
-
-ALIGN = 16  # floats: a 64-byte cache line, the fused Adam kernel's unit of work
 
 
 def _flat(K: int, shapes: list[torch.Size], device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:

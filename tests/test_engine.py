@@ -165,10 +165,12 @@ def test_weights_and_adam_state_in_the_notebooks_layout_and_torch_optims_format(
     assert e.step(x, y) == fresh.step(x, y)
 
 
-def test_adam_runs_over_one_buffer_per_group_whose_gaps_stay_zero():
+def test_adam_runs_over_one_buffer_per_group_whose_gaps_stay_zero(monkeypatch):
     """Parameters, gradients and Adam's moments each live in one flat buffer, every copy of every tensor at a
-    multiple of 16 floats (hidden 7: no tensor fills its slots exactly); the gaps between them stay 0 while training,
-    and the views hold exactly what the models were built with."""
+    multiple of 16 floats (a 64-byte cache line; hidden 7: no tensor fills its slots exactly), and Adam is one
+    fused call over those buffers; the gaps between them stay 0 while training, and the views hold exactly what
+    the models were built with."""
+    assert engine.ALIGN % 16 == 0  # 16 float32 lanes: the widest vector registers (AVX-512)
     cfg = _config("model.type=lstm", "model.hidden_size=7", "model.num_layers=2")
     built = [experiments.build_seeded_model(cfg, s) for s in ("a", "b", "c")]
     e = engine.Engine(built, ["all", "last", "all"], 3e-3)
@@ -176,7 +178,11 @@ def test_adam_runs_over_one_buffer_per_group_whose_gaps_stay_zero():
         copy = experiments.build_seeded_model(cfg, "x")
         e.copy_to(k, copy)
         assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), model.state_dict().values()))
+    calls, fused = [], torch._fused_adam_
+    monkeypatch.setattr(torch, "_fused_adam_", lambda *lists, **kw: (calls.append(lists[:4]), fused(*lists, **kw)))
     _engine_losses(e, [experiments.batch_stream(cfg, CPU)], [0, 0, 0], 5)
+    assert len(calls) == 5 and all([len(group) for group in lists] == [1, 1, 1, 1] for lists in calls)
+    assert all(group[0] is flat for lists in calls for group, (flat, _) in zip(lists, e._flat))
     for flat, views in e._flat:
         covered = torch.zeros_like(flat, dtype=torch.bool)
         for view in views:
