@@ -113,6 +113,13 @@ class _StopOnSignal:
             signal.signal(signum, handler)
 
 
+def _not_stopped(stop: _StopOnSignal) -> None:
+    """A signal that came while the command was starting (importing torch, reading the config) ends it
+    before it makes a run folder."""
+    if stop():
+        raise KeyboardInterrupt
+
+
 def user_errors(command: Callable) -> Callable:
     """Turn UserErrors into one line on stderr and exit code 2; other errors too, unless --debug."""
 
@@ -127,8 +134,10 @@ def user_errors(command: Callable) -> Callable:
                 raise
             err.print(f"error: {e}", markup=False)
             raise typer.Exit(EXIT_USER) from None
-        except KeyboardInterrupt:
-            err.print("interrupted", markup=False)
+        except KeyboardInterrupt as e:
+            if getattr(e, "run_dir", None) is not None:  # a hard stop (third signal) or a stopped gradscan
+                _finish("interrupted", "interrupted", e.run_dir)
+            err.print("interrupted before a run folder was made; nothing was written", markup=False)
             raise typer.Exit(EXIT_SIGNAL[_received[-1] if _received else signal.SIGINT]) from None
         except (typer.Exit, typer.Abort):
             raise
@@ -159,10 +168,11 @@ def train(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsD
     if resume is not None and (config is not None or run_dir is not None or runs_dir != Path("runs")):
         raise UserError(f"--resume {resume}: the run continues in its own folder with its own config.yaml; "
                         "leave out --config, --run-dir and --runs-dir")
-    from . import experiments
+    with _StopOnSignal() as stop:  # from here a signal stops the training cleanly, or stops the start
+        from . import experiments
 
-    with _StopOnSignal() as stop:
         if resume is not None:
+            _not_stopped(stop)
             result = experiments.run_resume(resume, _with_device(overrides, device), sys.argv, not quiet, stop)
             if result is None:
                 err.print(f"{resume}: already completed all its steps; nothing to do", markup=False)
@@ -170,20 +180,21 @@ def train(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsD
                 return
         else:
             cfg = load_config(config, _with_device(overrides, device))
+            _not_stopped(stop)
             result = experiments.run_train(cfg, runs_dir, sys.argv, show_progress=not quiet, run_dir=run_dir,
                                            should_stop=stop)
-    s = result.summary
-    table = Table(title=f"{s['name']} ({result.status})", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    for key in ("model", "num_layers", "hidden_size", "target", "num_params", "steps"):
-        table.add_row(key, str(s[key]))
-    for key in ("final_train_loss", "eval_mse"):
-        table.add_row(key, _fmt(s[key]))
-    table.add_row("steps_per_s", _fmt(s["steps_per_s"], ".0f"))
-    table.add_row("wall_s", _fmt(s["wall_s"], ".1f"))
-    out.print(table)
-    _finish(result.status, result.message, result.run_dir)
+        s = result.summary
+        table = Table(title=f"{s['name']} ({result.status})", show_header=False)
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+        for key in ("model", "num_layers", "hidden_size", "target", "num_params", "steps"):
+            table.add_row(key, str(s[key]))
+        for key in ("final_train_loss", "eval_mse"):
+            table.add_row(key, _fmt(s[key]))
+        table.add_row("steps_per_s", _fmt(s["steps_per_s"], ".0f"))
+        table.add_row("wall_s", _fmt(s["wall_s"], ".1f"))
+        out.print(table)
+        _finish(result.status, result.message, result.run_dir)
 
 
 @app.command()
@@ -193,22 +204,23 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: Run
                 "--jobs", "-j", min=1, help="Worker processes, each training a model's target modes and seeds together (default: the number of cores).")] = None,
             quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Train several models side by side, in every target mode; one run folder with a sub-folder each."""
-    cfg = load_config(config, _with_device(overrides, device), cls=CompareConfig)
-    from .compare import run_compare, training_name
+    with _StopOnSignal() as stop:  # from here a signal stops the trainings cleanly, or stops the start
+        cfg = load_config(config, _with_device(overrides, device), cls=CompareConfig)
+        from .compare import run_compare, training_name
 
-    with _StopOnSignal() as stop:
+        _not_stopped(stop)
         result = run_compare(cfg, runs_dir, sys.argv, jobs, show_progress=not quiet, should_stop=stop)
-    count = len(result.rows)
-    title = f"{cfg.name}: {count} training{'' if count == 1 else 's'} ({result.status})"
-    table, starred = (_seeds_table if cfg.seeds > 1 else _compare_table)(cfg, result.rows, title)
-    out.print(table)
-    if starred:
-        out.print("* best " + ("mean " if cfg.seeds > 1 else "") + "eval MSE per target"
-                  + ("; every training's numbers are in summary.csv" if cfg.seeds > 1 else ""), markup=False)
-    for r in result.rows:
-        if r["status"] not in ("completed", "interrupted"):
-            err.print(f"{training_name(r, cfg.seeds)} {r['status']}: {r['message']}", markup=False)
-    _finish(result.status, "", result.run_dir)
+        count = len(result.rows)
+        title = f"{cfg.name}: {count} training{'' if count == 1 else 's'} ({result.status})"
+        table, starred = (_seeds_table if cfg.seeds > 1 else _compare_table)(cfg, result.rows, title)
+        out.print(table)
+        if starred:
+            out.print("* best " + ("mean " if cfg.seeds > 1 else "") + "eval MSE per target"
+                      + ("; every training's numbers are in summary.csv" if cfg.seeds > 1 else ""), markup=False)
+        for r in result.rows:
+            if r["status"] not in ("completed", "interrupted"):
+                err.print(f"{training_name(r, cfg.seeds)} {r['status']}: {r['message']}", markup=False)
+        _finish(result.status, "", result.run_dir)
 
 
 def _compare_table(cfg: CompareConfig, rows_all: list[dict], title: str) -> tuple[Table, bool]:

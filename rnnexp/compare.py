@@ -22,7 +22,7 @@ import torch
 
 from . import plots, runs
 from .config import CompareConfig, Config, check_compare_memory, config_to_yaml
-from .experiments import TrainResult, ended_by, new_meta, resolve_device, train_group_into, use_one_cpu_thread
+from .experiments import TrainResult, abandon, ended_by, new_meta, resolve_device, train_group_into, use_one_cpu_thread
 
 SUMMARY_COLUMNS = ["label", "target", "seed", "type", "num_layers", "hidden_size", "num_params", "final_train_loss",
                    "eval_mse", "wall_s", "steps_per_s", "status"]
@@ -285,7 +285,7 @@ def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: in
     try:
         return _compare_into(run_dir, config, configs, device, argv, jobs, show_progress, should_stop)
     except BaseException as e:  # e.g. a second Ctrl-C while the summary is written: meta.json must not say running
-        runs.abandon(run_dir, *ended_by(e))
+        abandon(run_dir, e)
         raise
 
 

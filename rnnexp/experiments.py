@@ -523,7 +523,7 @@ def run_train(config: Config, runs_dir: Path, argv: list[str], show_progress: bo
     try:
         result = train_into(into, config, device, argv, progress.update, should_stop)
     except BaseException as e:
-        runs.abandon(into, *ended_by(e))
+        abandon(into, e)
         raise
     finally:
         progress.close()
@@ -543,7 +543,7 @@ def run_resume(run_dir: Path, overrides: list[str], argv: list[str], show_progre
     except UserError:  # refused before anything was changed
         raise
     except BaseException as e:
-        runs.abandon(Path(run_dir), *ended_by(e))
+        abandon(Path(run_dir), e)
         raise
     finally:
         progress.close()
@@ -560,3 +560,11 @@ def ended_by(error: BaseException) -> tuple[str, str]:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted", "interrupted"
     return "failed", f"{error.__class__.__name__}: {error}".splitlines()[0]
+
+
+def abandon(run_dir: Path, error: BaseException) -> None:
+    """Mark a run that ``error`` ended (or remove its folder if nothing was written), and note on the
+    error where its results are, so that the command line can name the folder."""
+    runs.abandon(run_dir, *ended_by(error))
+    if Path(run_dir).is_dir():
+        error.run_dir = Path(run_dir)

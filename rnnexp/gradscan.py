@@ -11,7 +11,7 @@ import torch
 
 from . import data, gradients, plots, runs
 from .config import Config, GradScanConfig, UserError, config_to_dict, config_to_yaml
-from .experiments import build_seeded_model, ended_by, new_meta
+from .experiments import abandon, build_seeded_model, new_meta
 
 # Gradients are computed in float64: at seq_len 1000 a first/last ratio of 1e-100 is common,
 # far below float32's smallest number, and it must come out as that number, not as 0.
@@ -60,7 +60,7 @@ def run_gradscan(config: GradScanConfig, runs_dir: Path, argv: list[str]) -> Gra
     try:
         return _scan_into(run_dir, config, meta, started)
     except BaseException as e:
-        runs.abandon(run_dir, *ended_by(e))
+        abandon(run_dir, e)
         raise
 
 

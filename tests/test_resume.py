@@ -309,6 +309,49 @@ def test_a_gradscan_that_fails_is_marked_failed(tmp_path, monkeypatch):
     assert json.loads((run_dir / "meta.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.parametrize("command", [["train", *SMALL], ["compare", "models=[{type: rnn}]"]])
+def test_a_signal_while_starting_stops_before_a_folder_is_made(tmp_path, monkeypatch, command):
+    from rnnexp import cli
+
+    def signalled(*args, **kwargs):  # Ctrl-C arrives while the config is read (or torch imported)
+        os.kill(os.getpid(), signal.SIGINT)
+        return load_config(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "load_config", signalled)
+    result = runner.invoke(app, [command[0], "--quiet", "--runs-dir", str(tmp_path / "runs"), *command[1:]])
+    assert result.exit_code == 130
+    assert result.stderr == "interrupted before a run folder was made; nothing was written\n" and result.stdout == ""
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_gradscan_stopped_names_its_folder_last(tmp_path, monkeypatch):
+    from rnnexp import gradscan
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gradscan, "_write_figures", stopped)
+    result = runner.invoke(app, ["gradscan", "--runs-dir", str(tmp_path / "runs"), "-w", "1,2"])
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert result.exit_code == 130
+    assert result.stderr == f"interrupted; results so far are in {run_dir}\n"
+    assert result.stdout.splitlines()[-1] == str(run_dir)
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "interrupted"
+
+
+def test_a_hard_stop_of_train_names_its_folder(tmp_path, monkeypatch):
+    def hard_stop(*args, **kwargs):  # a third Ctrl-C, in the middle of the training
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "_train_steps", hard_stop)
+    result = runner.invoke(app, ["train", "--quiet", "--runs-dir", str(tmp_path / "runs"), *SMALL])
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert result.exit_code == 130
+    assert result.stderr.startswith(f"interrupted; results so far are in {run_dir}"), result.stderr
+    assert result.stdout.splitlines()[-1] == str(run_dir)
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "interrupted"
+
+
 def test_a_resume_that_changes_a_setting_and_is_killed_can_be_resumed_again(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "FLUSH_EVERY", 1000)  # no periodic checkpoint in this short run
     run = _train(tmp_path, "runs", SMALL + ["train.num_batches=10"], should_stop=_stop_after(4)).run_dir
