@@ -538,6 +538,7 @@ def run_resume(run_dir: Path, overrides: list[str], argv: list[str], show_progre
     resumable = read_resumable(run_dir, overrides)
     config = resumable[1]
     progress = Progress(config.train.num_batches, config.name, show_progress)
+    progress.recent = resumable[2]["losses"][-FINAL_LOSS_WINDOW:].tolist()  # its lines read as without the stop
     try:
         result = resume_into(Path(run_dir), overrides, resumable, argv, progress.update, should_stop)
     except UserError:  # refused before anything was changed

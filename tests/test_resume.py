@@ -70,6 +70,18 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, model):
     assert experiments.run_resume(resumed.run_dir, [], ["test"], show_progress=False) is None  # nothing to do
 
 
+def test_a_resumed_run_prints_the_progress_lines_of_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+    overrides = SMALL + ["train.num_batches=30"]  # a line every 3 steps, each the mean of the last 100 losses
+    monkeypatch.setattr(experiments.sys.stderr, "isatty", lambda: False)
+    experiments.run_train(load_config(None, overrides), tmp_path / "full", ["t"], should_stop=None)
+    full = capsys.readouterr().err.splitlines()
+    stopped = experiments.run_train(load_config(None, overrides), tmp_path / "run", ["t"], should_stop=_stop_after(13))
+    before = capsys.readouterr().err.splitlines()
+    experiments.run_resume(stopped.run_dir, [], ["t"])
+    after = capsys.readouterr().err.splitlines()
+    assert len(full) == 10 and before == full[:4] and after == full[4:]
+
+
 def test_stopped_twice_and_resumed_twice(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "FLUSH_EVERY", 5)
     overrides = SMALL + ["model.type=lstm", "train.num_batches=30"]
