@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import DEVICES, RESUMABLE_KEYS, SCALES_HELP, CompareConfig, UserError, load_config, load_gradscan_config, parse_scales
+from .runs import NotStarted, RunInterrupted
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException
@@ -113,19 +114,13 @@ class _StopOnSignal:
             signal.signal(signum, handler)
 
 
-def _not_stopped(stop: _StopOnSignal) -> None:
-    """A signal that came while the command was starting (importing torch, reading the config) ends it
-    before it makes a run folder."""
-    if stop():
-        raise KeyboardInterrupt
-
-
 def user_errors(command: Callable) -> Callable:
     """Turn UserErrors into one line on stderr and exit code 2; other errors too, unless --debug."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         debug = kwargs.get("debug", False)
+        _received.clear()
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return command(*args, **kwargs)
@@ -134,10 +129,13 @@ def user_errors(command: Callable) -> Callable:
                 raise
             err.print(f"error: {e}", markup=False)
             raise typer.Exit(EXIT_USER) from None
-        except KeyboardInterrupt as e:
-            if getattr(e, "run_dir", None) is not None:  # a hard stop (third signal) or a stopped gradscan
-                _finish("interrupted", "interrupted", e.run_dir)
-            err.print("interrupted before a run folder was made; nothing was written", markup=False)
+        except RunInterrupted as e:
+            _finish("interrupted", "interrupted", e.run_dir)
+        except NotStarted:
+            err.print("interrupted before it started; nothing was written", markup=False)
+            raise typer.Exit(EXIT_SIGNAL[_received[-1] if _received else signal.SIGINT]) from None
+        except KeyboardInterrupt:
+            err.print("interrupted", markup=False)
             raise typer.Exit(EXIT_SIGNAL[_received[-1] if _received else signal.SIGINT]) from None
         except (typer.Exit, typer.Abort):
             raise
@@ -172,7 +170,6 @@ def train(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsD
         from . import experiments
 
         if resume is not None:
-            _not_stopped(stop)
             result = experiments.run_resume(resume, _with_device(overrides, device), sys.argv, not quiet, stop)
             if result is None:
                 err.print(f"{resume}: already completed all its steps; nothing to do", markup=False)
@@ -180,21 +177,23 @@ def train(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: RunsD
                 return
         else:
             cfg = load_config(config, _with_device(overrides, device))
-            _not_stopped(stop)
             result = experiments.run_train(cfg, runs_dir, sys.argv, show_progress=not quiet, run_dir=run_dir,
                                            should_stop=stop)
-        s = result.summary
-        table = Table(title=f"{s['name']} ({result.status})", show_header=False)
-        table.add_column(style="bold")
-        table.add_column(justify="right")
-        for key in ("model", "num_layers", "hidden_size", "target", "num_params", "steps"):
-            table.add_row(key, str(s[key]))
-        for key in ("final_train_loss", "eval_mse"):
-            table.add_row(key, _fmt(s[key]))
-        table.add_row("steps_per_s", _fmt(s["steps_per_s"], ".0f"))
-        table.add_row("wall_s", _fmt(s["wall_s"], ".1f"))
-        out.print(table)
+        out.print(_train_table(result.summary, result.status))
         _finish(result.status, result.message, result.run_dir)
+
+
+def _train_table(s: dict, status: str) -> Table:
+    table = Table(title=f"{s['name']} ({status})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key in ("model", "num_layers", "hidden_size", "target", "num_params", "steps"):
+        table.add_row(key, str(s[key]))
+    for key in ("final_train_loss", "eval_mse"):
+        table.add_row(key, _fmt(s[key]))
+    table.add_row("steps_per_s", _fmt(s["steps_per_s"], ".0f"))
+    table.add_row("wall_s", _fmt(s["wall_s"], ".1f"))
+    return table
 
 
 @app.command()
@@ -208,7 +207,6 @@ def compare(config: ConfigOpt = None, overrides: Overrides = None, runs_dir: Run
         cfg = load_config(config, _with_device(overrides, device), cls=CompareConfig)
         from .compare import run_compare, training_name
 
-        _not_stopped(stop)
         result = run_compare(cfg, runs_dir, sys.argv, jobs, show_progress=not quiet, should_stop=stop)
         count = len(result.rows)
         title = f"{cfg.name}: {count} training{'' if count == 1 else 's'} ({result.status})"

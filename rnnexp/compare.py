@@ -22,7 +22,7 @@ import torch
 
 from . import plots, runs
 from .config import CompareConfig, Config, check_compare_memory, config_to_yaml
-from .experiments import TrainResult, abandon, ended_by, new_meta, resolve_device, train_group_into, use_one_cpu_thread
+from .experiments import FINAL_LOSS_WINDOW, TrainResult, abandon, new_meta, resolve_device, train_group_into, use_one_cpu_thread
 
 SUMMARY_COLUMNS = ["label", "target", "seed", "type", "num_layers", "hidden_size", "num_params", "final_train_loss",
                    "eval_mse", "wall_s", "steps_per_s", "status"]
@@ -64,8 +64,8 @@ def _worker(indices: list[int], configs: list[Config], dirs: list[Path], device:
         def report(step: int, loss: float) -> None:
             recent.append(loss)
             if (step + 1) % REPORT_EVERY == 0 or step + 1 == total:
-                messages.put(("step", index, step + 1, float(np.mean(recent[-100:]))))
-                del recent[:-100]
+                messages.put(("step", index, step + 1, float(np.mean(recent[-FINAL_LOSS_WINDOW:]))))
+                del recent[:-FINAL_LOSS_WINDOW]
         return report
 
     try:
@@ -80,7 +80,7 @@ def _worker(indices: list[int], configs: list[Config], dirs: list[Path], device:
             messages.put(("stopped", index))
     except BaseException as e:  # a failed training must not take the others down
         for index, run_dir in zip(indices, dirs):
-            runs.abandon(run_dir, *ended_by(e))
+            abandon(run_dir, e)
             messages.put(("failed", index, f"{e.__class__.__name__}: {e}", traceback.format_exc()))
 
 
@@ -281,12 +281,13 @@ def run_compare(config: CompareConfig, runs_dir: Path, argv: list[str], jobs: in
     configs = config.train_configs()
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(configs)))
     check_compare_memory(config, jobs)
+    if should_stop is not None and should_stop():  # a signal while starting: no folder for nothing
+        raise runs.NotStarted
     run_dir = runs.create_run_dir(runs_dir, config.name)
     try:
         return _compare_into(run_dir, config, configs, device, argv, jobs, show_progress, should_stop)
     except BaseException as e:  # e.g. a second Ctrl-C while the summary is written: meta.json must not say running
-        abandon(run_dir, e)
-        raise
+        raise abandon(run_dir, e)
 
 
 def _compare_into(run_dir: Path, config: CompareConfig, configs: list[Config], device: torch.device, argv: list[str],

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -78,9 +78,9 @@ def new_meta(seed: int, device: torch.device, argv: list[str]) -> dict[str, Any]
 class Progress:
     """A tqdm bar on a terminal; plain lines (about ten per run) when stderr is piped; nothing when quiet."""
 
-    def __init__(self, total: int, desc: str, enabled: bool = True):
+    def __init__(self, total: int, desc: str, enabled: bool = True, recent: Sequence[float] = ()):
         self.total, self.desc, self.enabled = total, desc, enabled
-        self.recent: list[float] = []
+        self.recent = list(recent)[-FINAL_LOSS_WINDOW:]  # a resumed run's: its lines read as without the stop
         self.bar = None
         self.every = max(1, total // 10)
         if enabled and sys.stderr.isatty():
@@ -206,7 +206,7 @@ def train_group_into(run_dirs: list[Path], configs: list[Config], device: torch.
     The configs must differ at most in name, seed and train.target (the copies of one engine share
     everything else); trainings with the same seed read one batch stream. ``should_stop()`` is asked
     before every step; when it says yes the runs end ``interrupted``, with their checkpoints. Raises
-    KeyboardInterrupt, with nothing written, if it says yes before training begins.
+    runs.NotStarted, with nothing written, if it says yes before training begins.
     """
     def shared(c: Config) -> Config:
         return dataclasses.replace(c, name="", seed=0, train=dataclasses.replace(c.train, target="all"))
@@ -225,7 +225,7 @@ def train_group_into(run_dirs: list[Path], configs: list[Config], device: torch.
     first = configs[0].train
     engine = Engine([t.model for t in trainings], [c.train.target for c in configs], first.lr, first.clip_grad_norm)
     if should_stop is not None and should_stop():
-        raise KeyboardInterrupt
+        raise runs.NotStarted
     # Written only now, right before training, so that a Ctrl-C that comes earlier leaves
     # empty folders (which the caller removes) and one that comes later interrupted runs.
     for k, t in enumerate(trainings):
@@ -523,8 +523,7 @@ def run_train(config: Config, runs_dir: Path, argv: list[str], show_progress: bo
     try:
         result = train_into(into, config, device, argv, progress.update, should_stop)
     except BaseException as e:
-        abandon(into, e)
-        raise
+        raise abandon(into, e)
     finally:
         progress.close()
     if run_dir is not None and result.status in runs.FINISHED:
@@ -536,16 +535,16 @@ def run_resume(run_dir: Path, overrides: list[str], argv: list[str], show_progre
                should_stop: Callable[[], bool] | None = None) -> TrainResult | None:
     """``rnnexp train --resume``: continue a run in its folder; None if it had already completed."""
     resumable = read_resumable(run_dir, overrides)
-    config = resumable[1]
-    progress = Progress(config.train.num_batches, config.name, show_progress)
-    progress.recent = resumable[2]["losses"][-FINAL_LOSS_WINDOW:].tolist()  # its lines read as without the stop
+    _, config, checkpoint = resumable
+    losses = checkpoint.get("losses")  # checked by resume_into: a damaged one is a UserError there
+    progress = Progress(config.train.num_batches, config.name, show_progress,
+                        losses.tolist() if isinstance(losses, torch.Tensor) else ())
     try:
         result = resume_into(Path(run_dir), overrides, resumable, argv, progress.update, should_stop)
     except UserError:  # refused before anything was changed
         raise
     except BaseException as e:
-        abandon(Path(run_dir), e)
-        raise
+        raise abandon(Path(run_dir), e)
     finally:
         progress.close()
     run_dir = Path(run_dir)
@@ -563,9 +562,10 @@ def ended_by(error: BaseException) -> tuple[str, str]:
     return "failed", f"{error.__class__.__name__}: {error}".splitlines()[0]
 
 
-def abandon(run_dir: Path, error: BaseException) -> None:
-    """Mark a run that ``error`` ended (or remove its folder if nothing was written), and note on the
-    error where its results are, so that the command line can name the folder."""
+def abandon(run_dir: Path, error: BaseException) -> BaseException:
+    """Mark a run that ``error`` ended (or remove its folder if nothing was written). Returns what to raise:
+    for a stop that left a folder, a RunInterrupted naming it; otherwise ``error`` itself."""
     runs.abandon(run_dir, *ended_by(error))
-    if Path(run_dir).is_dir():
-        error.run_dir = Path(run_dir)
+    if isinstance(error, KeyboardInterrupt) and not isinstance(error, runs.RunInterrupted) and Path(run_dir).is_dir():
+        return runs.RunInterrupted(Path(run_dir))
+    return error

@@ -60,8 +60,7 @@ def run_gradscan(config: GradScanConfig, runs_dir: Path, argv: list[str]) -> Gra
     try:
         return _scan_into(run_dir, config, meta, started)
     except BaseException as e:
-        abandon(run_dir, e)
-        raise
+        raise abandon(run_dir, e)
 
 
 def _scan_into(run_dir: Path, config: GradScanConfig, meta: dict, started: float) -> GradScanResult:

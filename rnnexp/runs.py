@@ -90,6 +90,18 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
+class NotStarted(KeyboardInterrupt):
+    """A stop that came before a run wrote anything: no run folder is left."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A stop that ended a run at once (a third signal; gradscan's first): its results so far are in ``run_dir``."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
 def abandon(run_dir: Path, status: str, message: str) -> None:
     """After an error or interruption outside the normal end of a run: remove its folder if nothing was
     written, else mark a meta.json still saying ``running`` with ``status``; never raises (the disk may be full)."""

@@ -71,7 +71,8 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, model):
 
 
 def test_a_resumed_run_prints_the_progress_lines_of_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
-    overrides = SMALL + ["train.num_batches=30"]  # a line every 3 steps, each the mean of the last 100 losses
+    overrides = SMALL + ["train.num_batches=30"]  # a line every 3 steps, each the mean of the last 5 losses
+    monkeypatch.setattr(experiments, "FINAL_LOSS_WINDOW", 5)
     monkeypatch.setattr(experiments.sys.stderr, "isatty", lambda: False)
     experiments.run_train(load_config(None, overrides), tmp_path / "full", ["t"], should_stop=None)
     full = capsys.readouterr().err.splitlines()
@@ -220,6 +221,13 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path):
         (group / sub / "meta.json").write_text(json.dumps({"status": status}))
     (group / "meta.json").write_text(json.dumps({"status": "interrupted"}))
     (group / "config.yaml").write_text("name: compare\nmodels: [{type: rnn}]\n")
+    lossless = tmp_path / "lossless"  # a checkpoint without its losses
+    lossless.mkdir()
+    (lossless / "config.yaml").write_bytes((done / "config.yaml").read_bytes())
+    (lossless / "meta.json").write_text(json.dumps(json.loads((done / "meta.json").read_text()) | {"status": "interrupted"}))
+    checkpoint = torch.load(done / "checkpoint.pt", weights_only=True)
+    del checkpoint["losses"]
+    torch.save(checkpoint, lossless / "checkpoint.pt")
     live = tmp_path / "live"
     live.mkdir()
     for name in ("config.yaml", "checkpoint.pt"):
@@ -238,6 +246,7 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path):
         ([str(done), "train.lr=-1"], "train.lr = -1: expected a number > 0 and <= 1000"),
         ([str(damaged)], "checkpoint.pt cannot be read"),
         ([str(foreign)], "checkpoint.pt is not an rnnexp checkpoint"),
+        ([str(lossless)], "checkpoint.pt: does not match the run's config.yaml (KeyError: 'losses')"),
         ([str(live)], f"process {os.getpid()} on {os.uname().nodename} is still training it"),
         ([str(done), "--config", "configs/default.yaml"], "leave out --config, --run-dir and --runs-dir"),
     ]
@@ -321,19 +330,20 @@ def test_a_gradscan_that_fails_is_marked_failed(tmp_path, monkeypatch):
     assert json.loads((run_dir / "meta.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.parametrize("command", [["train", *SMALL], ["compare", "models=[{type: rnn}]"]])
-def test_a_signal_while_starting_stops_before_a_folder_is_made(tmp_path, monkeypatch, command):
+def test_a_signal_while_starting_stops_before_a_folder_is_made(tmp_path, monkeypatch, command, signum, code):
     from rnnexp import cli
 
-    def signalled(*args, **kwargs):  # Ctrl-C arrives while the config is read (or torch imported)
-        os.kill(os.getpid(), signal.SIGINT)
+    def signalled(*args, **kwargs):  # the signal arrives while the config is read (or torch imported)
+        os.kill(os.getpid(), signum)
         return load_config(*args, **kwargs)
 
     monkeypatch.setattr(cli, "load_config", signalled)
     result = runner.invoke(app, [command[0], "--quiet", "--runs-dir", str(tmp_path / "runs"), *command[1:]])
-    assert result.exit_code == 130
-    assert result.stderr == "interrupted before a run folder was made; nothing was written\n" and result.stdout == ""
-    assert not (tmp_path / "runs").exists()
+    assert result.exit_code == code
+    assert result.stderr == "interrupted before it started; nothing was written\n" and result.stdout == ""
+    assert list((tmp_path / "runs").glob("*")) == []  # train made its folder and removed it; compare made none
 
 
 def test_a_gradscan_stopped_names_its_folder_last(tmp_path, monkeypatch):
@@ -352,14 +362,16 @@ def test_a_gradscan_stopped_names_its_folder_last(tmp_path, monkeypatch):
 
 
 def test_a_hard_stop_of_train_names_its_folder(tmp_path, monkeypatch):
-    def hard_stop(*args, **kwargs):  # a third Ctrl-C, in the middle of the training
+    def hard_stop(*args, **kwargs):  # a third Ctrl-C while the results are written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiments, "_train_steps", hard_stop)
-    result = runner.invoke(app, ["train", "--quiet", "--runs-dir", str(tmp_path / "runs"), *SMALL])
+    monkeypatch.setattr(experiments, "_write_gradnorms", hard_stop)
+    result = runner.invoke(app, ["train", "--quiet", "--runs-dir", str(tmp_path / "runs"), *SMALL,
+                                 "train.num_batches=20"])
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert result.exit_code == 130
-    assert result.stderr.startswith(f"interrupted; results so far are in {run_dir}"), result.stderr
+    assert result.stderr == (f"interrupted; results so far are in {run_dir}; "
+                             f"continue with: rnnexp train --resume {run_dir}\n")
     assert result.stdout.splitlines()[-1] == str(run_dir)
     assert json.loads((run_dir / "meta.json").read_text())["status"] == "interrupted"
 
