@@ -147,29 +147,54 @@ def _log_line(ax, t: np.ndarray, values: np.ndarray, **style) -> None:
     _mark_extremes(ax, t, values, line.get_color())
 
 
+LINEAR_HIDDEN_LIMIT = 1e6  # larger hidden norms go on a log axis: a linear one would show only the largest
+LOG_AXIS_LIMIT = 1e100  # beyond 1e+-100 the axes show log10 of the norms: matplotlib's log ticks overflow near 1e308
+
+
+def _decades_line(ax, t: np.ndarray, values: np.ndarray, **style) -> None:
+    """As _log_line, on a linear axis of log10(values)."""
+    ok = np.isfinite(values) & (values > 0)
+    (line,) = ax.plot(t, np.log10(np.where(ok, values, 1.0), where=ok, out=np.full(values.shape, np.nan)),
+                      marker=".", **style)
+    _mark_extremes(ax, t, values, line.get_color())
+
+
 def gradscan_figure(seq_len: int, curves: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]],
                     title: str) -> Figure:
     """The notebook's two panels: ||h_t|| and ||dLoss/dh_t|| (log scale) per timestep, time running right to left.
 
-    ``curves``: (label, hidden_norm (T,), grad_norm (T,), cell_grad_norm (T,) or None) per line.
+    ``curves``: (label, hidden_norm (T,), grad_norm (T,), cell_grad_norm (T,) or None) per line. Hidden norms
+    above LINEAR_HIDDEN_LIMIT are drawn on a log axis too; norms beyond LOG_AXIS_LIMIT make the log axes log10 ones.
     """
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     t = np.arange(1, seq_len + 1)
+    hidden_norms = [h for _, h, _, _ in curves]
+    drawn = [g for _, _, grad, cell in curves for g in (grad, cell) if g is not None]
+    log_hidden = max((np.max(h[np.isfinite(h)], initial=0.0) for h in hidden_norms), default=0.0) > LINEAR_HIDDEN_LIMIT
+    positive = [a[np.isfinite(a) & (a > 0)] for a in drawn + (hidden_norms if log_hidden else [])]
+    in_decades = any(p.size and (p.max() > LOG_AXIS_LIMIT or p.min() < 1 / LOG_AXIS_LIMIT) for p in positive)
+    log_line, log10 = (_decades_line, "log10 ") if in_decades else (_log_line, "")
     for k, (label, hidden, grad, cell) in enumerate(curves):
-        ax1.plot(t, np.where(np.isfinite(hidden), hidden, np.nan), marker=".", color=f"C{k % 10}", label=label)
-        _mark_extremes(ax1, t, np.where(np.isfinite(hidden), 1.0, hidden), f"C{k % 10}")
-        _log_line(ax2, t, grad, color=f"C{k % 10}", label=label)
+        if log_hidden:
+            log_line(ax1, t, hidden, color=f"C{k % 10}", label=label)
+        else:
+            ax1.plot(t, np.where(np.isfinite(hidden), hidden, np.nan), marker=".", color=f"C{k % 10}", label=label)
+            _mark_extremes(ax1, t, np.where(np.isfinite(hidden), 1.0, hidden), f"C{k % 10}")
+        log_line(ax2, t, grad, color=f"C{k % 10}", label=label)
         if cell is not None:
-            _log_line(ax2, t, cell, color=f"C{k % 10}", linestyle="--", label=f"{label}, dL/dc_t")
-    ax1.set_title("hidden states")
-    ax1.set_ylabel("hidden state norm ||h_t||")
+            log_line(ax2, t, cell, color=f"C{k % 10}", linestyle="--", label=f"{label}, dL/dc_t")
+    ax1.set_title("hidden states" + (" (v: exactly 0, x: inf or nan)" if log_hidden else " (x: inf or nan)"))
+    ax1.set_ylabel((log10 if log_hidden else "") + "hidden state norm ||h_t||"
+                   + (" (log scale)" if log_hidden and not in_decades else ""))
     ax2.set_title("gradients (v: exactly 0, x: inf or nan)")
     has_cells = any(cell is not None for *_, cell in curves)
-    ax2.set_ylabel("||dLoss/dh_t||" + (" (dashed: ||dLoss/dc_t||)" if has_cells else ""))
-    drawn = [g for _, _, grad, cell in curves for g in (grad, cell) if g is not None]
-    if any((np.isfinite(g) & (g > 0)).any() for g in drawn):  # a log axis needs one positive number
-        _log_scale(ax2, "y")
+    ax2.set_ylabel(log10 + "||dLoss/dh_t||" + (" (dashed: ||dLoss/dc_t||)" if has_cells else ""))
+    if not in_decades:
+        if log_hidden:
+            _log_scale(ax1, "y")
+        if any(p.size for p in positive[:len(drawn)]):  # a log axis needs one positive number
+            _log_scale(ax2, "y")
     for ax in (ax1, ax2):
         ax.set_xlabel("unroll timestep t")
         ax.set_xlim(seq_len + 0.5, 0.5)  # gradients flow from the last step back to the first

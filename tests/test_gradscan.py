@@ -153,6 +153,17 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, message):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("args", [["--seq-len", "700", "-w", "5"], ["--seq-len", "640", "-w", "1,5"]])
+def test_norms_near_float_max_are_drawn_and_only_the_overflow_is_said(tmp_path, args):
+    """These crashed while drawing (matplotlib's tick arithmetic overflowed) or printed its warnings."""
+    result, run_dir = _gradscan(tmp_path, "--nonlinearity", "identity", *args)
+    assert result.exit_code == 0, result.output
+    settings = len(args[-1].split(","))
+    assert result.stderr == (f"note: 1 of {settings} setting(s) overflowed: their gradient norms include inf or nan "
+                             "(reported as such, left off the plots)\n")
+    assert {p.name for p in run_dir.iterdir()} == (SINGLE_FILES if settings == 1 else SCAN_FILES)
+
+
 def test_overflow_is_written_as_inf_or_nan_and_said(tmp_path):
     result, run_dir = _gradscan(tmp_path, "--nonlinearity", "identity", "-w", "50", "--seq-len", "300",
                                 "--hidden-size", "4")

@@ -62,3 +62,35 @@ def test_loss_figure_within_a_decade_labels_minor_ticks():
     assert labels == ["2\u00d710\u207b\u00b9", "3\u00d710\u207b\u00b9", "4\u00d710\u207b\u00b9",
                       "6\u00d710\u207b\u00b9"]
     assert minor == 5  # every digit from 2 to 6
+
+
+def _drawn_without_warnings(curves, seq_len):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's overflow warnings (and numpy's) fail the test
+        fig = plots.gradscan_figure(seq_len, curves, "title")
+        fig.savefig(io.BytesIO(), format="png")
+    return fig.axes
+
+
+def test_gradscan_figure_with_norms_near_float_max_draws_log10_axes():
+    """An identity RNN scaled by 5 at seq_len 700: hidden norms up to 1e307 then inf, gradients inf but a few."""
+    hidden = np.logspace(0, 307, 700)
+    hidden[-50:] = np.inf
+    grad = np.full(700, np.inf)
+    grad[:10] = 1e300
+    ax1, ax2 = _drawn_without_warnings([("w=5", hidden, grad, None)], 700)
+    assert (ax1.get_ylabel(), ax1.get_yscale()) == ("log10 hidden state norm ||h_t||", "linear")
+    assert (ax2.get_ylabel(), ax2.get_yscale()) == ("log10 ||dLoss/dh_t||", "linear")
+    assert np.nanmax(ax1.lines[0].get_ydata()) == pytest.approx(307 * 649 / 699)  # the last finite norm
+    assert np.nanmax(ax2.lines[0].get_ydata()) == pytest.approx(300)
+
+
+def test_gradscan_figure_puts_large_hidden_norms_on_a_log_axis():
+    hidden, grad = np.logspace(0, 8, 10), np.logspace(-5, 0, 10)
+    ax1, ax2 = _drawn_without_warnings([("w=3", hidden, grad, None)], 10)
+    assert (ax1.get_ylabel(), ax1.get_yscale()) == ("hidden state norm ||h_t|| (log scale)", "log")
+    assert (ax2.get_ylabel(), ax2.get_yscale()) == ("||dLoss/dh_t||", "log")
+    ax1, _ = _drawn_without_warnings([("w=1", np.linspace(0.5, 3, 10), grad, None)], 10)
+    assert (ax1.get_ylabel(), ax1.get_yscale()) == ("hidden state norm ||h_t||", "linear")
