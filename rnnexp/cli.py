@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import STOPPED_WHILE_STARTING
 from .config import DEVICES, RESUMABLE_KEYS, SCALES_HELP, CompareConfig, UserError, load_config, load_gradscan_config, parse_scales
 from .runs import NotStarted, RunInterrupted
 
@@ -121,7 +122,9 @@ def user_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         debug = kwargs.get("debug", False)
         _received.clear()
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        # rnnexp.main's handlers, which end the process while it starts, give way to these, which unwind it
+        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                    signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm)}
         try:
             return command(*args, **kwargs)
         except UserError as e:
@@ -132,7 +135,7 @@ def user_errors(command: Callable) -> Callable:
         except RunInterrupted as e:
             _finish("interrupted", "interrupted", e.run_dir)
         except NotStarted:
-            err.print("interrupted before it started; nothing was written", markup=False)
+            err.print(STOPPED_WHILE_STARTING, markup=False)
             raise typer.Exit(EXIT_SIGNAL[_received[-1] if _received else signal.SIGINT]) from None
         except KeyboardInterrupt:
             err.print("interrupted", markup=False)
@@ -146,7 +149,8 @@ def user_errors(command: Callable) -> Callable:
                       markup=False)
             raise typer.Exit(EXIT_FAILED) from None
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     return wrapper
 

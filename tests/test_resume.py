@@ -346,6 +346,26 @@ def test_a_signal_while_starting_stops_before_a_folder_is_made(tmp_path, monkeyp
     assert list((tmp_path / "runs").glob("*")) == []  # train made its folder and removed it; compare made none
 
 
+@pytest.mark.parametrize("signame, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_the_command_imports_its_libraries_is_one_line(tmp_path, signame, code):
+    """The first few tenths of a second, before any command runs: it printed a traceback (or nothing)."""
+    program = f"""
+import builtins, os, signal, sys
+import rnnexp
+real_import = builtins.__import__
+def importing(name, *args, **kwargs):
+    if name == "typer":  # imported by rnnexp.cli, before any command begins
+        os.kill(os.getpid(), signal.{signame})
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = importing
+sys.argv = ["rnnexp", "train", "--runs-dir", {str(tmp_path / "runs")!r}]
+rnnexp.main()
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr, done.stdout) == (code, "interrupted before it started; nothing was written\n", "")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_gradscan_stopped_names_its_folder_last(tmp_path, monkeypatch):
     from rnnexp import gradscan
 
