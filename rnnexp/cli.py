@@ -452,7 +452,7 @@ def _finish(status: str, message: str, run_dir: Path) -> None:
     from .runs import RESUME_CHECKPOINT
 
     resumable = (Path(run_dir) / RESUME_CHECKPOINT).is_file()
-    if status == "diverged":
+    if status == "diverged" and message:  # compare's trainings have said theirs
         # Not --resume: the checkpoint holds the weights just before the bad step, usually already far gone.
         err.print(f"diverged: {message}; start a new run with a lower train.lr or with train.clip_grad_norm set",
                   markup=False)

@@ -335,7 +335,8 @@ def _compare_into(run_dir: Path, config: CompareConfig, configs: list[Config], d
                 target, title + (f", seed {config.seed}" if config.seeds > 1 else ""))))
     _write_figures(figures, device.type != "cuda")
     statuses = {r["status"] for r in rows}
-    status = "interrupted" if interrupted else "completed" if statuses == {"completed"} else "failed"
+    status = ("interrupted" if interrupted else "completed" if statuses == {"completed"}
+              else "diverged" if statuses <= {"completed", "diverged"} else "failed")
     bad = [f"{training_name(r, config.seeds)} {r['status']}" for r in rows if r["status"] != "completed"]
     meta.update(status=status, ended=runs.now_iso(), wall_s=round(time.perf_counter() - started, 3),
                 message="; ".join(bad))

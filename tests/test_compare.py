@@ -219,3 +219,15 @@ def test_should_stop_ends_the_running_trainings_interrupted(tmp_path):
         metrics = (result.run_dir / f"{row['label']}_{row['target']}" / "metrics.csv").read_text().splitlines()
         assert 1 < len(metrics) - 1 < 100000  # a header, then the steps taken before the stop
     assert json.loads((result.run_dir / "meta.json").read_text())["status"] == "interrupted"
+
+
+def test_a_comparison_whose_trainings_only_diverged_is_diverged_not_failed(tmp_path):
+    models = "models=[{type: rnn, nonlinearity: identity, hidden_size: 6}, {type: lstm, hidden_size: 6}]"
+    result, run_dir = _compare(tmp_path, models, "task.seq_len=50", "train.lr=1000", "train.num_batches=20",
+                               "eval.num_sequences=16", "targets=[all]")
+    assert result.exit_code == 1
+    assert "compare: 2 trainings (diverged)" in result.stdout
+    assert result.stderr == "rnn_1_layer (all) diverged: loss became nan at step 1\n"
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "diverged"
+    rows = {r["label"]: r["status"] for r in csv.DictReader((run_dir / "summary.csv").open())}
+    assert rows == {"rnn_1_layer": "diverged", "lstm_1_layer": "completed"}
