@@ -42,7 +42,6 @@ EXIT_FAILED = 1
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _received: list[int] = []
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (defaults if omitted).")]
 Overrides = Annotated[Optional[list[str]], typer.Argument(
     help="Dotted overrides applied after the file, the last one winning: train.lr=3e-4 seed=3 "
          "(train: model.hidden_size=64; compare: models.0.hidden_size=64)",
@@ -54,15 +53,32 @@ def _folder(text: str | Path) -> Path:
     return Path(text)
 
 
+def _config_file(text: str | Path) -> Path:
+    if not str(text).strip():
+        raise typer.BadParameter("an empty path; give a YAML file, e.g. configs/default.yaml")
+    return Path(text)
+
+
+def _device(value: str | None) -> str | None:
+    if value is not None and value not in DEVICES:
+        raise typer.BadParameter(f"{value!r}: expected one of {', '.join(DEVICES)}")
+    return value
+
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", parser=_config_file,
+                                                   help="YAML config file (defaults if omitted).")]
+
+
 RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", parser=_folder, help="Where run folders are made.")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help=f"One of {', '.join(DEVICES)}; overrides the config.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", callback=_device,
+                                                  help=f"One of {', '.join(DEVICES)}; overrides the config.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")]
 ResumeOpt = Annotated[Optional[Path], typer.Option(
-    "--resume", help="Continue the interrupted, diverged or killed run in this folder from its last checkpoint, "
+    "--resume", parser=_folder, help="Continue the interrupted, diverged or killed run in this folder from its last checkpoint, "
                      f"in place; overrides may change {', '.join(RESUMABLE_KEYS)}.")]
 RunDirOpt = Annotated[Optional[Path], typer.Option(
-    "--run-dir", help="Train into exactly this folder instead of a new one under --runs-dir: trained in "
+    "--run-dir", parser=_folder, help="Train into exactly this folder instead of a new one under --runs-dir: trained in "
                       "DIR.partial, renamed to DIR once finished; refused if DIR exists.")]
 
 
@@ -285,7 +301,7 @@ def gradscan(
         target: Annotated[Optional[str], typer.Option("--target", help="loss on all timesteps or the last [default: last]")] = None,
         seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds the weights and the sequence [default: 0]")] = None,
         config: Annotated[Optional[Path], typer.Option(
-            "--config", "-c", help="A train config: its name, seed, model, task and target (options win).")] = None,
+            "--config", "-c", parser=_config_file, help="A train config: its name, seed, model, task and target (options win).")] = None,
         runs_dir: RunsDirOpt = Path("runs"), debug: DebugOpt = False) -> None:
     """Gradient norms dLoss/dh_t per timestep of a freshly initialised model whose recurrent weights and biases are
     scaled, for one setting or every combination of a scan; writes a new run folder and prints its path last."""

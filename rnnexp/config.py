@@ -506,14 +506,23 @@ def check_compare_memory(config: CompareConfig, jobs: int) -> None:
 
 def load_config(path: Path | None, overrides: list[str] = (), cls: type = Config, check_memory: bool = True) -> Any:
     """Read, override and validate a config. ``path`` None means the defaults."""
-    raw = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "defaults"
+    file_raw = _merge(config_to_dict(cls()), read_yaml(path) if path is not None else {})
     try:
         # Overrides may index lists the file leaves at their defaults (models.0.hidden_size=64).
-        raw = apply_overrides(_merge(config_to_dict(cls()), raw), list(overrides))
+        raw = apply_overrides(file_raw, list(overrides))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    return config_from_dict(raw, source + (" (with overrides)" if overrides else ""), cls, check_memory)
+    try:
+        return config_from_dict(raw, source + (" (with overrides)" if overrides else ""), cls, check_memory)
+    except ConfigError as e:
+        if overrides:  # a mistake the file makes by itself is the file's, not the overrides'
+            try:
+                config_from_dict(file_raw, source, cls, check_memory=False)
+            except ConfigError as alone:
+                if str(alone).split(": ", 1)[-1] == str(e).split(": ", 1)[-1]:
+                    raise alone from None
+        raise
 
 
 def config_to_dict(config: Any) -> dict:

@@ -435,9 +435,14 @@ def read_resumable(run_dir: Path, overrides: list[str]) -> tuple[dict[str, Any],
         raise UserError(f"{where}: {runs.META} is damaged ({e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("status"), str):
         raise UserError(f"{where}: {runs.META} is not a run's meta.json")
-    if meta["status"] == "running" and runs.process_state(meta) != "gone":
+    state = runs.process_state(meta) if meta["status"] == "running" else "gone"
+    if state == "alive":
         raise UserError(f"{where}: process {meta.get('pid')} on {meta.get('host')} is still training it "
                         "(status running); stop it first")
+    if state == "unknown":
+        raise UserError(f"{where}: its {runs.META} says running, started by process {meta.get('pid')} on "
+                        f"{meta.get('host')}, which cannot be checked from here; if it is no longer running, set "
+                        f"\"status\" to \"interrupted\" in {run_dir / runs.META} and resume again")
     old = load_config(run_dir / runs.CONFIG)
     config = load_config(run_dir / runs.CONFIG, overrides)
     old_flat, new_flat = flatten(config_to_dict(old)), flatten(config_to_dict(config))

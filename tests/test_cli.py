@@ -1,6 +1,7 @@
 """The command line, driven through Typer's CliRunner into temporary folders."""
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,7 @@ BAD_INPUTS = [
     (["model.type=gru"], "model.type = 'gru': expected one of rnn, lstm"),
     (["model.hiden_size=3"], "unknown key (did you mean 'model.hidden_size'?)"),
     (["train.lr"], "override 'train.lr': expected key=value"),
-    (["--device", "tpu"], "device = 'tpu': expected one of auto, cpu, cuda"),
+    (["device=tpu"], "device = 'tpu': expected one of auto, cpu, cuda"),
     (["log.grad_every=0"], "log.grad_every = 0: expected an integer >= 1"),
     (["log.grad_evry=5"], "log.grad_evry: unknown key (did you mean 'log.grad_every'?)"),
 ]
@@ -90,6 +91,30 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+EMPTY_FILE = "an empty path; give a YAML file, e.g. configs/default.yaml (see --help)"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--device", "tpu"], "'--device': 'tpu': expected one of auto, cpu, cuda (see --help)"),
+    (["compare", "--device", "gpu"], "'--device': 'gpu': expected one of auto, cpu, cuda (see --help)"),
+    (["train", "--run-dir", ""], "'--run-dir': an empty path; give a folder, e.g. runs (see --help)"),
+    (["train", "--resume", " "], "'--resume': an empty path; give a folder, e.g. runs (see --help)"),
+    (["train", "--config", ""], f"'--config' / '-c': {EMPTY_FILE}"),
+    (["gradscan", "-c", ""], f"'--config' / '-c': {EMPTY_FILE}"),
+])
+def test_bad_option_values_are_one_line_naming_the_option(tmp_path, monkeypatch, capsys, args, message):
+    """Through the real entry point (an empty path meant the current folder; --device was named as an override)."""
+    from rnnexp import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["rnnexp", *args])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    captured = capsys.readouterr()
+    assert (exited.value.code, captured.err, captured.out) == (2, f"error: Invalid value for {message}\n", "")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -74,6 +74,9 @@ BAD = [
     ("", ["train.lr"], "c.yaml: override 'train.lr': expected key=value"),
     ("", ["=3"], "c.yaml: override '=3': expected key=value"),
     ("", ["nosuch.key=1"], "c.yaml (with overrides): nosuch: unknown key"),
+    # the file's own mistakes are the file's, whatever the overrides
+    ("lr: 3\n", ["train.num_batches=5"], "c.yaml: lr: unknown key"),
+    ("train:\n  lr: -1\n", ["seed=3"], "c.yaml: train.lr = -1: expected a number > 0 and <= 1000"),
     ("", ["train.lr=fast"], "c.yaml (with overrides): train.lr = 'fast': expected a number > 0 and <= 1000"),
     ("", ["seed=-1"], "c.yaml (with overrides): seed = -1: expected an integer from 0 to 9223372036854775807"),
     ("log:\n  grad_every: 2.5\n", [], "c.yaml: log.grad_every = 2.5: expected an integer >= 1"),

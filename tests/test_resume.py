@@ -233,8 +233,16 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path):
     for name in ("config.yaml", "checkpoint.pt"):
         (live / name).write_bytes((done / name).read_bytes())
     (live / "meta.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "host": os.uname().nodename}))
+    elsewhere = tmp_path / "elsewhere"  # says running, started on another machine
+    elsewhere.mkdir()
+    for name in ("config.yaml", "checkpoint.pt"):
+        (elsewhere / name).write_bytes((done / name).read_bytes())
+    (elsewhere / "meta.json").write_text(json.dumps({"status": "running", "pid": 4242, "host": "otherhost"}))
     cases = [
         ([str(tmp_path / "nope")], "no such run folder"),
+        ([str(elsewhere)], f"its meta.json says running, started by process 4242 on otherhost, which cannot be "
+                           f"checked from here; if it is no longer running, set \"status\" to \"interrupted\" in "
+                           f"{elsewhere / 'meta.json'} and resume again"),
         ([str(done / "config.yaml")], "a file, not a run folder"),
         ([str(group)], f"not a resumable run folder (missing checkpoint.pt); a comparison's trainings resume one by "
                        f"one: {group / 'rnn_1_layer_all'}"),
