@@ -192,7 +192,7 @@ def read_run(folder: Path, root: Path) -> RunRecord:
     meta = _read_mapping(folder / runs.META, json=True)
     status = meta.get("status")
     if not isinstance(status, str):
-        raise _Damaged(f"{runs.META} has no status")
+        raise _Damaged(f"{runs.META} has no status" if status is None else f"{runs.META}: status {status!r} is not a name")
     config = _read_mapping(folder / runs.CONFIG, json=False)
     summary_path = folder / runs.SUMMARY
     if summary_path.exists():

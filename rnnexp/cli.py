@@ -392,6 +392,8 @@ def list_runs(
         raise UserError("--csv and --json: give one of them")
     if plot is not None and (as_csv or as_json):
         raise UserError("--plot prints the sweep table and the plot's path: leave out --csv / --json")
+    if x is not None and plot is None:
+        raise UserError(f"--x {x}: chooses the swept parameter of --plot; give --plot FILE.png too")
     if plot is not None:
         check_plot_path(plot)
     catalog = find_runs(folder)

@@ -303,9 +303,9 @@ def _train_steps(trainings: list[Training], engine: Engine, should_stop: Callabl
                     engine.copy_to(k, t.model)
                     if probe:
                         t.probe.record(t.model, step)
-                    if flush:
-                        _write_metrics(t.run_dir, t.history.losses)
+                    if flush:  # gradnorms.csv first: a metrics.csv at step N means the probes up to N are written
                         _write_gradnorms(t.run_dir, t.config, t.probe, plot=False)
+                        _write_metrics(t.run_dir, t.history.losses)
                         _save_checkpoint(t, engine, k)
     except KeyboardInterrupt:  # a hard stop, perhaps mid-step: the last periodic checkpoint stays
         for k, t in enumerate(active):

@@ -110,9 +110,12 @@ def abandon(run_dir: Path, status: str, message: str) -> None:
     try:
         meta = read_json(run_dir / META)
         if isinstance(meta, dict) and meta.get("status") == "running":
-            meta.update(status=status, message=message, ended=now_iso())
+            ended = now_iso()
+            meta.update(status=status, message=message, ended=ended)
+            if meta.get("wall_s") is None and isinstance(meta.get("started"), str):  # to the second, as the two times
+                meta["wall_s"] = (datetime.fromisoformat(ended) - datetime.fromisoformat(meta["started"])).total_seconds()
             write_json(run_dir / META, meta)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         pass
 
 

@@ -167,6 +167,9 @@ def test_damaged_and_foreign_folders_are_skipped_with_a_warning(sweep):
     broken_meta = sweep / "broken_meta"
     broken_meta.mkdir()
     (broken_meta / "meta.json").write_text('{"status": "compl')
+    bad_status = sweep / "bad_status"
+    bad_status.mkdir()
+    (bad_status / "meta.json").write_text('{"status": 5}')
     truncated = sweep / "truncated_summary"
     shutil.copytree(sweep / _point("1e-3", 0), truncated)
     (truncated / "summary.json").write_text('{\n  "name": "rnn",\n  "status": "compl')  # planted damage
@@ -182,6 +185,7 @@ def test_damaged_and_foreign_folders_are_skipped_with_a_warning(sweep):
     assert result.exit_code == 0
     assert result.stdout == json.dumps(_expected_rows(sweep, ALL_POINTS), indent=2) + "\n"
     assert result.stderr.splitlines() == [
+        f"warning: skipped {bad_status}: meta.json: status 5 is not a name",
         f"warning: skipped {broken_meta}: meta.json: not valid JSON (Unterminated string starting at: line 1 "
         "column 12 (char 11))",
         f"warning: skipped {no_summary}: a completed training without summary.json",
@@ -286,3 +290,9 @@ def test_a_scans_scales_show_as_their_range(sweep):
 def test_missing_folder_is_a_user_error(tmp_path):
     result = _runs(tmp_path / "nowhere")
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"
+
+
+def test_x_without_plot_is_refused(sweep):
+    result = _runs(sweep, "--x", "train.lr")
+    assert result.exit_code == 2
+    assert result.stderr == "error: --x train.lr: chooses the swept parameter of --plot; give --plot FILE.png too\n"

@@ -386,7 +386,10 @@ def test_a_gradscan_stopped_names_its_folder_last(tmp_path, monkeypatch):
     assert result.exit_code == 130
     assert result.stderr == f"interrupted; results so far are in {run_dir}\n"
     assert result.stdout.splitlines()[-1] == str(run_dir)
-    assert json.loads((run_dir / "meta.json").read_text())["status"] == "interrupted"
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "interrupted"
+    started, ended = (datetime.fromisoformat(meta[key]) for key in ("started", "ended"))
+    assert meta["wall_s"] == (ended - started).total_seconds()  # was null: `runs` showed no time
 
 
 def test_a_hard_stop_of_train_names_its_folder(tmp_path, monkeypatch):
