@@ -16,7 +16,8 @@ def main() -> None:
     import signal
 
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _stopped_while_starting)  # until the command's own handlers (cli.user_errors)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # started with it ignored (cmd & in a script): keep that
+            signal.signal(signum, _stopped_while_starting)  # until the command's own handlers (cli.user_errors)
     from .cli import main as run
 
     run()

@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import STOPPED_WHILE_STARTING
+from . import STOPPED_WHILE_STARTING, _stopped_while_starting
 from .config import DEVICES, RESUMABLE_KEYS, SCALES_HELP, CompareConfig, UserError, load_config, load_gradscan_config, parse_scales
 from .runs import NotStarted, RunInterrupted
 
@@ -139,8 +139,10 @@ def user_errors(command: Callable) -> Callable:
         debug = kwargs.get("debug", False)
         _received.clear()
         # rnnexp.main's handlers, which end the process while it starts, give way to these, which unwind it
-        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+        previous = {signal.SIGINT: signal.getsignal(signal.SIGINT),
                     signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm)}
+        if previous[signal.SIGINT] is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return command(*args, **kwargs)
         except UserError as e:
@@ -164,9 +166,10 @@ def user_errors(command: Callable) -> Callable:
             err.print(f"internal error: {e.__class__.__name__}: {e} (run again with --debug for the traceback)",
                       markup=False)
             raise typer.Exit(EXIT_FAILED) from None
-        finally:
+        finally:  # not rnnexp.main's again: a signal now would find the command done, not "before it started"
             for signum, handler in previous.items():
-                signal.signal(signum, handler)
+                ended = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}[signum]
+                signal.signal(signum, ended if handler is _stopped_while_starting else handler)
 
     return wrapper
 
@@ -374,7 +377,7 @@ def _gradscan_table(result) -> Table:
 @app.command("runs")
 @user_errors
 def list_runs(
-    folder: Annotated[Path, typer.Argument(help="Folder to search for runs, at any depth.")] = Path("runs"),
+    folder: Annotated[Path, typer.Argument(parser=_folder, help="Folder to search for runs, at any depth.")] = Path("runs"),
     sort: Annotated[Optional[str], typer.Option("--sort", help="Column to sort by (default: folder).")] = None,
     reverse: Annotated[bool, typer.Option("--reverse", help="Sort in descending order.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout instead of the table.")] = False,

@@ -520,7 +520,7 @@ def load_config(path: Path | None, overrides: list[str] = (), cls: type = Config
             try:
                 config_from_dict(file_raw, source, cls, check_memory=False)
             except ConfigError as alone:
-                if str(alone).split(": ", 1)[-1] == str(e).split(": ", 1)[-1]:
+                if str(alone).removeprefix(f"{source}: ") == str(e).removeprefix(f"{source} (with overrides): "):
                     raise alone from None
         raise
 

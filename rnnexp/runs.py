@@ -112,10 +112,13 @@ def abandon(run_dir: Path, status: str, message: str) -> None:
         if isinstance(meta, dict) and meta.get("status") == "running":
             ended = now_iso()
             meta.update(status=status, message=message, ended=ended)
-            if meta.get("wall_s") is None and isinstance(meta.get("started"), str):  # to the second, as the two times
-                meta["wall_s"] = (datetime.fromisoformat(ended) - datetime.fromisoformat(meta["started"])).total_seconds()
+            resumed = meta.get("resumed") or [{}]  # a resumed run's earlier sessions are in its wall_s already
+            since = resumed[-1].get("started") or meta.get("started")
+            if isinstance(since, str):  # to the second, as the two times
+                session = (datetime.fromisoformat(ended) - datetime.fromisoformat(since)).total_seconds()
+                meta["wall_s"] = (meta.get("wall_s") or 0.0) + session
             write_json(run_dir / META, meta)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, AttributeError):  # a damaged meta.json stays as it is
         pass
 
 

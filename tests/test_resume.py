@@ -374,6 +374,47 @@ rnnexp.main()
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_ignored_sigint_stays_ignored(tmp_path):
+    """A command started with SIGINT ignored (cmd & in a script without job control) goes on through one."""
+    (tmp_path / "runs").mkdir()
+    program = f"""
+import builtins, os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+import rnnexp
+real_import = builtins.__import__
+def importing(name, *args, **kwargs):
+    if name == "typer":
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = importing
+sys.argv = ["rnnexp", "runs", {str(tmp_path / "runs")!r}]
+rnnexp.main()
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.splitlines()[0]) == (0, f"0 runs under {tmp_path / 'runs'}"), done.stderr
+
+
+def test_after_a_command_a_signal_no_longer_says_before_it_started(tmp_path):
+    import rnnexp
+
+    before = signal.signal(signal.SIGINT, rnnexp._stopped_while_starting)  # as rnnexp.main leaves it
+    try:
+        assert runner.invoke(app, ["runs", str(tmp_path)]).exit_code == 0
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_wall_s_of_an_abandoned_resumed_run_adds_only_its_last_session(tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps({
+        "status": "running", "started": "2026-12-01T10:00:00+00:00", "wall_s": 10.0,
+        "resumed": [{"at_step": 500, "started": "2026-12-03T10:00:00+00:00"}]}))
+    runs.abandon(tmp_path, "failed", "OSError: disk full")
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    session = (datetime.fromisoformat(meta["ended"]) - datetime.fromisoformat("2026-12-03T10:00:00+00:00"))
+    assert meta["status"] == "failed" and meta["wall_s"] == 10.0 + session.total_seconds()
+
+
 def test_a_gradscan_stopped_names_its_folder_last(tmp_path, monkeypatch):
     from rnnexp import gradscan
 
