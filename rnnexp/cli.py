@@ -475,8 +475,12 @@ def _finish(status: str, message: str, run_dir: Path) -> None:
     resumable = (Path(run_dir) / RESUME_CHECKPOINT).is_file()
     if status == "diverged" and message:  # compare's trainings have said theirs
         # Not --resume: the checkpoint holds the weights just before the bad step, usually already far gone.
-        err.print(f"diverged: {message}; start a new run with a lower train.lr or with train.clip_grad_norm set",
-                  markup=False)
+        try:
+            clipped = load_config(Path(run_dir) / "config.yaml", check_memory=False).train.clip_grad_norm is not None
+        except UserError:
+            clipped = False
+        err.print(f"diverged: {message}; start a new run with a lower train.lr or "
+                  + ("a smaller train.clip_grad_norm" if clipped else "with train.clip_grad_norm set"), markup=False)
     elif status == "interrupted":
         err.print(f"{message or 'interrupted'}; results so far are in {run_dir}" + (
             f"; continue with: rnnexp train --resume {run_dir}" if resumable else ""), markup=False)

@@ -181,6 +181,10 @@ def test_divergence_keeps_everything_up_to_that_step(tmp_path):
     # Resumed as it is, it diverges again at the same step: the run is deterministic.
     again = runner.invoke(app, ["train", "--resume", str(run_dir), "--quiet"])
     assert again.exit_code == 1 and json.loads((run_dir / "meta.json").read_text())["message"] == meta["message"]
+    # With clipping already set, the advice is to clip harder, not to set it.
+    clipped = runner.invoke(app, ["train", "--runs-dir", str(tmp_path / "runs"), "--quiet", *overrides,
+                                  "train.clip_grad_norm=0.001"])
+    assert clipped.exit_code == 1 and clipped.stderr.endswith("a lower train.lr or a smaller train.clip_grad_norm\n")
 
 
 def test_a_diverged_run_resumes_from_the_state_before_the_bad_step(tmp_path, monkeypatch):
