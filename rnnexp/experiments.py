@@ -100,6 +100,16 @@ class Progress:
             sys.stderr.write(f"{self.desc}: step {step + 1}/{self.total} loss {np.mean(self.recent):.4g}\n")
             sys.stderr.flush()
 
+    def say(self, line: str) -> None:
+        """One line on stderr, between the bar's redraws; nothing when quiet."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -523,8 +533,12 @@ def run_train(config: Config, runs_dir: Path, argv: list[str], show_progress: bo
     """
     device = resolve_device(config.device)
     use_one_cpu_thread(device)
-    into = runs.claim_run_dir(run_dir) if run_dir is not None else runs.create_run_dir(runs_dir, config.name)
+    into, replaced = runs.claim_run_dir(run_dir) if run_dir is not None else (
+        runs.create_run_dir(runs_dir, config.name), None)
     progress = Progress(config.train.num_batches, config.name, show_progress)
+    if replaced:
+        progress.say(f"note: the unfinished attempt in {into} ({replaced}) was deleted; this run starts afresh "
+                     f"(rnnexp train --resume continues such an attempt instead)")
     try:
         result = train_into(into, config, device, argv, progress.update, should_stop)
     except BaseException as e:

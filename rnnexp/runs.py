@@ -142,8 +142,9 @@ def partial_dir(run_dir: Path) -> Path:
     return run_dir.with_name(run_dir.name + PARTIAL_SUFFIX)
 
 
-def claim_run_dir(run_dir: Path) -> Path:
-    """A new, empty ``<run_dir>.partial`` to train into; publish_run_dir moves it to ``run_dir`` once finished.
+def claim_run_dir(run_dir: Path) -> tuple[Path, str | None]:
+    """A new, empty ``<run_dir>.partial`` to train into (publish_run_dir moves it to ``run_dir`` once finished),
+    and how the earlier attempt it removed from there had ended (its meta.json's message), or None.
 
     An earlier attempt left in ``<run_dir>.partial`` (interrupted, crashed, killed) is removed; a
     UserError if ``run_dir`` exists (a run is never overwritten) or another live process holds the claim.
@@ -154,7 +155,7 @@ def claim_run_dir(run_dir: Path) -> Path:
         raise UserError(f"--run-dir {run_dir}: already exists{f' (status {status})' if status else ''}; "
                         "a run folder is never overwritten: delete it to run this point again")
     check_runs_dir(run_dir.parent, "--run-dir")
-    partial = partial_dir(run_dir)
+    partial, replaced = partial_dir(run_dir), None
     if partial.exists() and not partial.is_dir():
         raise UserError(f"--run-dir {run_dir}: {partial} is a file, not a folder")
     if partial.is_dir():
@@ -170,6 +171,8 @@ def claim_run_dir(run_dir: Path) -> Path:
         if status not in UNFINISHED and any(partial.iterdir()):
             raise UserError(f"--run-dir {run_dir}: {partial} exists and is not an unfinished run (its {META} has "
                             f"no status {', '.join(UNFINISHED)}); move or delete it")
+        if status in UNFINISHED:
+            replaced = meta.get("message") if isinstance(meta.get("message"), str) and meta["message"] else status
         shutil.rmtree(partial)  # an attempt that did not finish: start the point afresh
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +181,7 @@ def claim_run_dir(run_dir: Path) -> Path:
         raise UserError(f"--run-dir {run_dir}: another process claimed {partial} just now") from None
     except OSError as e:
         raise UserError(f"--run-dir {run_dir}: cannot create {partial} ({e.strerror})") from None
-    return partial
+    return partial, replaced
 
 
 def publish_run_dir(partial: Path, run_dir: Path) -> Path:

@@ -83,6 +83,18 @@ def test_a_resumed_run_prints_the_progress_lines_of_an_uninterrupted_one(tmp_pat
     assert len(full) == 10 and before == full[:4] and after == full[4:]
 
 
+def test_starting_a_run_dir_afresh_says_what_it_deleted(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(experiments.sys.stderr, "isatty", lambda: False)
+    point, overrides = tmp_path / "sweep" / "point", SMALL + ["train.num_batches=20"]
+    experiments.run_train(load_config(None, overrides), tmp_path, ["t"], False, point, _stop_after(7))
+    assert (tmp_path / "sweep" / "point.partial").is_dir()
+    again = experiments.run_train(load_config(None, overrides), tmp_path, ["t"], True, point)
+    assert again.status == "completed" and again.run_dir == point
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"note: the unfinished attempt in {point}.partial (interrupted at step 7) was deleted; this run starts "
+        "afresh (rnnexp train --resume continues such an attempt instead)")
+
+
 def test_stopped_twice_and_resumed_twice(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "FLUSH_EVERY", 5)
     overrides = SMALL + ["model.type=lstm", "train.num_batches=30"]
