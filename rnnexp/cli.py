@@ -42,21 +42,25 @@ EXIT_FAILED = 1
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _received: list[int] = []
 
+
+def _signal_exit_code() -> int:
+    """130 or 143, by the last signal received (SIGINT if none was: a KeyboardInterrupt from elsewhere)."""
+    return EXIT_SIGNAL[_received[-1] if _received else signal.SIGINT]
+
 Overrides = Annotated[Optional[list[str]], typer.Argument(
     help="Dotted overrides applied after the file, the last one winning: train.lr=3e-4 seed=3 "
          "(train: model.hidden_size=64; compare: models.0.hidden_size=64)",
     show_default=False)]
-def _folder(text: str | Path) -> Path:
-    """A folder option's value; an empty one would silently mean the current folder."""
-    if not str(text).strip():
-        raise typer.BadParameter("an empty path; give a folder, e.g. runs")
-    return Path(text)
+def _path(example: str) -> Callable[[str | Path], Path]:
+    """A path option's parser; an empty value would silently mean the current folder."""
+    def parse(text: str | Path) -> Path:
+        if not str(text).strip():
+            raise typer.BadParameter(f"an empty path; give {example}")
+        return Path(text)
+    return parse
 
 
-def _config_file(text: str | Path) -> Path:
-    if not str(text).strip():
-        raise typer.BadParameter("an empty path; give a YAML file, e.g. configs/default.yaml")
-    return Path(text)
+_folder, _config_file = _path("a folder, e.g. runs"), _path("a YAML file, e.g. configs/default.yaml")
 
 
 def _device(value: str | None) -> str | None:
@@ -154,10 +158,10 @@ def user_errors(command: Callable) -> Callable:
             _finish("interrupted", "interrupted", e.run_dir)
         except NotStarted:
             err.print(STOPPED_WHILE_STARTING, markup=False)
-            raise typer.Exit(EXIT_SIGNAL[_received[-1] if _received else signal.SIGINT]) from None
+            raise typer.Exit(_signal_exit_code()) from None
         except KeyboardInterrupt:
             err.print("interrupted", markup=False)
-            raise typer.Exit(EXIT_SIGNAL[_received[-1] if _received else signal.SIGINT]) from None
+            raise typer.Exit(_signal_exit_code()) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as e:
@@ -470,13 +474,13 @@ def _json_value(value):
 
 def _finish(status: str, message: str, run_dir: Path) -> None:
     """Report how a run ended, print its folder last, and exit with the matching code."""
-    from .runs import RESUME_CHECKPOINT
+    from .runs import CONFIG, RESUME_CHECKPOINT
 
     resumable = (Path(run_dir) / RESUME_CHECKPOINT).is_file()
     if status == "diverged" and message:  # compare's trainings have said theirs
         # Not --resume: the checkpoint holds the weights just before the bad step, usually already far gone.
         try:
-            clipped = load_config(Path(run_dir) / "config.yaml", check_memory=False).train.clip_grad_norm is not None
+            clipped = load_config(Path(run_dir) / CONFIG, check_memory=False).train.clip_grad_norm is not None
         except UserError:
             clipped = False
         err.print(f"diverged: {message}; start a new run with a lower train.lr or "
@@ -486,7 +490,7 @@ def _finish(status: str, message: str, run_dir: Path) -> None:
             f"; continue with: rnnexp train --resume {run_dir}" if resumable else ""), markup=False)
     out.print(str(run_dir), markup=False)
     if status == "interrupted":
-        raise typer.Exit(EXIT_SIGNAL[_received[-1] if _received else signal.SIGINT])
+        raise typer.Exit(_signal_exit_code())
     if status != "completed":
         raise typer.Exit(EXIT_FAILED)
 

@@ -172,7 +172,7 @@ def claim_run_dir(run_dir: Path) -> tuple[Path, str | None]:
             raise UserError(f"--run-dir {run_dir}: {partial} exists and is not an unfinished run (its {META} has "
                             f"no status {', '.join(UNFINISHED)}); move or delete it")
         if status in UNFINISHED:
-            replaced = meta.get("message") if isinstance(meta.get("message"), str) and meta["message"] else status
+            replaced = str(meta.get("message") or status)
         shutil.rmtree(partial)  # an attempt that did not finish: start the point afresh
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)
